@@ -1,0 +1,56 @@
+# Two commands do everything on a fresh machine:
+#   make demo   create .venv if missing, install, synthesise a phantom, train, evaluate
+#   make test   create .venv if missing, install, lint, type check, run the tests
+# Both are idempotent: the install step runs again only when pyproject.toml changes.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+TORCH_VERSION ?= 2.13.0
+# Extra pip arguments for torch, e.g. --index-url https://download.pytorch.org/whl/cpu
+TORCH_PIP_ARGS ?=
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck unit install radiomics clean
+
+demo: $(INSTALLED)
+	$(BIN)/thyroid-monai demo --out runs/demo
+
+test: $(INSTALLED) lint typecheck unit
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(INSTALLED)
+	$(BIN)/mypy
+
+unit: $(INSTALLED)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(INSTALLED)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+# torch first, and only when missing: a plain `pip install torch` (or a dependency pulling it)
+# would fetch a multi-GB CUDA build; torch==$(TORCH_VERSION) is a local CPU build here.
+# pyradiomics 3.0.1 has no wheel for Python 3.11: it builds from source without build
+# isolation once numpy, setuptools, wheel and versioneer are present (see DEVELOPERS.md).
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+# Optional extra: pyradiomics for the radiomics targets (`pip install .[radiomics]` needs these flags).
+radiomics: $(INSTALLED)
+	$(BIN)/python -c "import radiomics" 2>/dev/null || { \
+	  $(PIP) install --quiet numpy setuptools wheel versioneer && \
+	  $(PIP) install --quiet --no-build-isolation "pyradiomics==3.0.1"; }
+
+clean:
+	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache
