@@ -1,0 +1,1 @@
+"""Reading and writing files: NIfTI, atomic writes (and, later, DICOM ultrasound)."""
