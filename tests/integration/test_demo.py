@@ -1,0 +1,35 @@
+"""The main job end to end, small: phantom -> bundle training with MLflow -> test evaluation."""
+
+import mlflow
+
+from thyroid_monai.cli import main
+from thyroid_monai.workflows import sqlite_uri, tracking_store
+
+
+def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "demo"
+    code = main(["demo", "--out", str(run_dir), "--n", "24", "--epochs", "2",
+                 "--image-size", "64", "--batch-size", "4", "--workers", "1"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Dice (nodule mask)" in printed
+    assert f"mlflow ui --backend-store-uri {sqlite_uri(tracking_store(run_dir))}" in printed
+
+    client = mlflow.MlflowClient(sqlite_uri(tracking_store(run_dir)))
+    experiment = client.get_experiment_by_name("thyroid_us_multitask")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["backbone"] == "resnet18"
+    for metric in ("val_mean_dice", "val_accuracy", "train_loss_seg", "train_loss_cls"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2]
+    assert "test_mean_dice" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "model.pt" in artifacts
+    assert any(path.startswith("config_") for path in artifacts)
+
+    # A second demo reuses the identical phantom and adds a second run.
+    assert main(["demo", "--out", str(run_dir), "--n", "24", "--epochs", "1",
+                 "--image-size", "64", "--batch-size", "4", "--workers", "1"]) == 0  # fmt: skip
+    assert "reusing" in capsys.readouterr().out

@@ -1,0 +1,145 @@
+"""The multitask training step, as a MONAI ``SupervisedTrainer`` subclass.
+
+One iteration: prepare the batch -> forward (a dictionary of outputs) -> per-task losses ->
+``gradient_method.backward`` writes the gradients -> optimiser step -> MONAI's iteration events.
+``engine.state.output`` then holds ``image``, ``label``, ``pred`` (mask logits), ``pred_cls``,
+``loss`` (the joint objective) and every per-task loss and diagnostic as a float, and the epoch
+means of those floats land in ``engine.state.metrics`` as ``train_<name>`` (so MLflow logs them).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import ensure_tuple
+from monai.utils.enums import CommonKeys as Keys
+
+from thyroid_monai import keys
+from thyroid_monai.engine.prepare import MultitaskPrepareBatch
+from thyroid_monai.mtl.base import GradientMethod, WeightedSum
+
+
+class EpochScalarMeans:
+    """Averages the float entries of ``engine.state.output`` over an epoch.
+
+    At the end of each epoch, every float key ``k`` seen during the epoch is stored as
+    ``engine.state.metrics["train_" + k]``. The trainer attaches it before any handler of a config,
+    so MLflow and stats handlers read this epoch's values at the same event.
+    """
+
+    def __init__(self, prefix: str = "train_"):
+        self.prefix = prefix
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+
+    def attach(self, engine: Engine) -> None:
+        """Registers the handlers on ``engine``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.complete)
+
+    def reset(self, engine: Engine) -> None:
+        """Clears the sums."""
+        self._sums.clear()
+        self._counts.clear()
+
+    def update(self, engine: Engine) -> None:
+        """Adds this iteration's floats."""
+        output = engine.state.output
+        first = output[0] if isinstance(output, Sequence) and output else output
+        if not isinstance(first, Mapping):
+            return
+        for key, value in first.items():
+            if isinstance(value, float):
+                self._sums[key] += value
+                self._counts[key] += 1
+
+    def complete(self, engine: Engine) -> None:
+        """Writes the epoch means into ``engine.state.metrics``."""
+        for key, total in self._sums.items():
+            engine.state.metrics[f"{self.prefix}{key}"] = total / self._counts[key]
+
+
+class MultitaskTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` whose step trains several tasks through a gradient method.
+
+    Args:
+        network: Model returning ``{task: output, "latent": tensor}``; if it has
+            ``shared_parameters()``, those are the parameters shared by the tasks, otherwise all.
+        loss_function: Returns ``{task: scalar loss}`` from ``(outputs, targets)``.
+        gradient_method: How per-task losses become gradients; defaults to the weighted sum.
+        prepare_batch: Defaults to :class:`MultitaskPrepareBatch`.
+        **kwargs: Everything else ``SupervisedTrainer`` accepts (device, max_epochs,
+            train_data_loader, optimizer, train_handlers, ...). ``amp`` is not supported because
+            gradient methods edit gradients before the step.
+    """
+
+    def __init__(
+        self,
+        *,
+        network: torch.nn.Module,
+        loss_function: torch.nn.Module,
+        gradient_method: GradientMethod | None = None,
+        prepare_batch: Any = None,
+        **kwargs: Any,
+    ):
+        if kwargs.get("amp"):
+            raise ValueError("MultitaskTrainer does not support amp: gradient methods edit .grad")
+        # The epoch means must be computed before any handler (MLflow, stats) reads the metrics at
+        # the same event, so they go first in the handler list.
+        handlers = kwargs.pop("train_handlers", None) or []
+        kwargs["train_handlers"] = [EpochScalarMeans(), *ensure_tuple(handlers)]
+        super().__init__(
+            network=network,
+            loss_function=loss_function,
+            prepare_batch=prepare_batch or MultitaskPrepareBatch(),
+            **kwargs,
+        )
+        self.gradient_method = gradient_method or WeightedSum()
+
+    def shared_params(self) -> list[torch.Tensor]:
+        """Parameters shared between the tasks (the encoder), else every trainable parameter."""
+        network = getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
+        shared = getattr(network, "shared_parameters", network.parameters)
+        return [p for p in shared() if p.requires_grad]
+
+    def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+        )
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets.get(keys.SEG)}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        outputs = engine.inferer(inputs, engine.network)
+        engine.state.output[Keys.PRED] = outputs.get(keys.SEG)
+        if keys.CLS in outputs:
+            engine.state.output[keys.PRED_CLS] = outputs[keys.CLS]
+            engine.state.output[keys.LABEL_CLS] = targets.get(keys.CLS)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+
+        losses = engine.loss_function(outputs, targets)
+        method = self.gradient_method
+        engine.state.output[Keys.LOSS] = method.joint_loss(losses).detach()
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        diagnostics = method.backward(
+            losses, shared_params=self.shared_params(), latent=outputs.get(keys.LATENT)
+        )
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+
+        scalars = {f"loss_{task}": float(loss.detach()) for task, loss in losses.items()}
+        scalars["loss"] = float(engine.state.output[Keys.LOSS])
+        scalars.update(diagnostics)
+        engine.state.output.update(scalars)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
