@@ -4,8 +4,8 @@ Images per second are reported for three stages, together with a floor measured 
 drawing one correlated Rayleigh speckle field of the same size, the one step any B-mode simulator
 must pay. The ratio to that floor is what to compare across machines.
 
-    python benchmarks/synth_speed.py            # 200 images, writes benchmarks/results/synth_speed.json
-    python benchmarks/synth_speed.py --quick    # 40 images
+    python benchmarks/synth_speed.py          # 200 images -> benchmarks/results/synth_speed.json
+    python benchmarks/synth_speed.py --quick  # 40 images
 """
 
 from __future__ import annotations

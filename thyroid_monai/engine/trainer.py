@@ -103,11 +103,21 @@ class MultitaskTrainer(SupervisedTrainer):
         )
         self.gradient_method = gradient_method or WeightedSum()
 
+    def _model(self) -> torch.nn.Module:
+        return getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
+
     def shared_params(self) -> list[torch.Tensor]:
         """Parameters shared between the tasks (the encoder), else every trainable parameter."""
-        network = getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
+        network = self._model()
         shared = getattr(network, "shared_parameters", network.parameters)
         return [p for p in shared() if p.requires_grad]
+
+    def task_params(self) -> dict[str, list[torch.Tensor]] | None:
+        """Parameters specific to each task, if the network declares them."""
+        declared = getattr(self._model(), "task_parameters", None)
+        if declared is None:
+            return None
+        return {task: [p for p in ps if p.requires_grad] for task, ps in declared().items()}
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
@@ -132,7 +142,11 @@ class MultitaskTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         diagnostics = method.backward(
-            losses, shared_params=self.shared_params(), latent=outputs.get(keys.LATENT)
+            losses,
+            shared_params=self.shared_params(),
+            task_params=self.task_params(),
+            latent=outputs.get(keys.LATENT),
+            epoch=engine.state.epoch,
         )
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.optimizer.step()

@@ -47,14 +47,18 @@ class GradientMethod(ABC):
         losses: Mapping[str, torch.Tensor],
         *,
         shared_params: Sequence[torch.Tensor],
+        task_params: Mapping[str, Sequence[torch.Tensor]] | None = None,
         latent: torch.Tensor | None = None,
+        epoch: int = 0,
     ) -> dict[str, float]:
         """Writes ``.grad`` of the parameters from the task losses.
 
         Args:
             losses: Scalar loss per task, still attached to the graph.
             shared_params: Parameters shared by every task (the encoder).
+            task_params: Parameters specific to each task (heads, decoder), when known.
             latent: The shared latent tensor, for methods that work on representations.
+            epoch: Current epoch (1-based), for methods with schedules.
 
         Returns:
             Diagnostics as plain floats (task weights, cosines, norms...).
@@ -82,7 +86,9 @@ class WeightedSum(GradientMethod):
         losses: Mapping[str, torch.Tensor],
         *,
         shared_params: Sequence[torch.Tensor],
+        task_params: Mapping[str, Sequence[torch.Tensor]] | None = None,
         latent: torch.Tensor | None = None,
+        epoch: int = 0,
     ) -> dict[str, float]:
         """Back-propagates ``sum_t w_t L_t`` once."""
         self.joint_loss(losses).backward()
