@@ -43,7 +43,7 @@ $(BIN)/python:
 # isolation once numpy, setuptools, wheel and versioneer are present (see DEVELOPERS.md).
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,mtl]"
 	touch $@
 
 # Optional extra: pyradiomics for the radiomics targets (`pip install .[radiomics]` needs these flags).

@@ -229,7 +229,7 @@ class GradNorm(GradientAggregator):
         )
         coefficients = balanced.detach().to(grads.dtype)
         return Combination(
-            coefficients @ grads, coefficients, {"gradnorm_loss": float(gradnorm_loss)}
+            coefficients @ grads, coefficients, {"gradnorm_loss": float(gradnorm_loss.detach())}
         )
 
     def state_dict(self) -> dict[str, Any]:
