@@ -124,6 +124,15 @@ class TaskGradients:
     rest: dict[torch.Tensor, torch.Tensor]
 
 
+def plain_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The losses as plain tensors, still in the graph.
+
+    Losses computed from MONAI ``MetaTensor`` batches are MetaTensors, and so would be their
+    gradients, whose batch metadata breaks flattening and slicing.
+    """
+    return {task: loss.as_subclass(torch.Tensor) for task, loss in losses.items()}
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32, or the parameters' own type when it is wider: half-precision sums lose conflicts."""
     return torch.promote_types(dtype, torch.float32)
@@ -160,6 +169,7 @@ def task_gradients(
             raise ValueError(
                 f"loss of task {task!r} must be a scalar, got shape {tuple(loss.shape)}"
             )
+    losses = plain_losses(losses)
     tasks = tuple(losses)
     inputs = [*params, *other_params]
     dtype = accumulation_dtype(params[0].dtype)
@@ -301,7 +311,9 @@ class GradientAggregator(GradientMethod):
         joint_norm = float(torch.linalg.vector_norm(weights @ matrix))
         combined_norm = float(torch.linalg.vector_norm(combination.vector))
         diagnostics["grad_norm_combined"] = combined_norm
-        diagnostics["grad_norm_ratio"] = combined_norm / joint_norm if joint_norm > 0 else 0.0
+        diagnostics["combined_to_joint_norm"] = (
+            combined_norm / joint_norm if joint_norm > 0 else 0.0
+        )
         if combination.coefficients is not None:
             for task, value in zip(gradients.tasks, combination.coefficients.tolist(), strict=True):
                 diagnostics[f"weight_{task}"] = float(value)

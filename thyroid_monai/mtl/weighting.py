@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from thyroid_monai.mtl.base import Combination, GradientAggregator, ParameterSet
+from thyroid_monai.mtl.base import Combination, GradientAggregator, ParameterSet, plain_losses
 
 
 def _task_names(tasks: Sequence[str] | None, task_weights: Mapping[str, float] | None) -> tuple:
@@ -104,6 +104,7 @@ class UncertaintyWeighting(GradientAggregator):
     ) -> dict[str, float]:
         """One backward pass of the weighted objective, or per task when measuring conflict."""
         _check_tasks(self.tasks, losses, type(self).__name__)
+        losses = plain_losses(losses)
         stacked = torch.stack([losses[task] for task in self.tasks])
         fixed = torch.tensor([self.weight(task) for task in self.tasks], dtype=stacked.dtype)
         if self.measure_conflict:

@@ -71,7 +71,7 @@ def test_measured_sum_writes_the_same_gradient_as_one_backward(parameters, decla
     for p, e in zip(model.parameters(), expected, strict=True):
         assert torch.allclose(p.grad, e, atol=1e-6)
     assert diagnostics["weight_seg"] == 0.5
-    assert diagnostics["grad_norm_ratio"] == pytest.approx(1.0)
+    assert diagnostics["combined_to_joint_norm"] == pytest.approx(1.0)
     assert {f"grad_cos_{a}_{b}" for a, b in [("seg", "cls"), ("rad", "margin")]} <= set(diagnostics)
     assert 0.0 <= diagnostics["conflict"] <= 1.0
 
