@@ -172,37 +172,37 @@ def task_gradients(
     losses = plain_losses(losses)
     tasks = tuple(losses)
     inputs = [*params, *other_params]
-    dtype = accumulation_dtype(params[0].dtype)
-    rows = []
+    sizes = [p.numel() for p in params]
+    # Filled row by row in place: one copy of each gradient, no concatenation or stacking.
+    matrix = torch.empty(
+        len(tasks), sum(sizes), dtype=accumulation_dtype(params[0].dtype), device=params[0].device
+    )
     rest: dict[torch.Tensor, torch.Tensor] = {}
     for index, task in enumerate(tasks):
         grads = torch.autograd.grad(
             losses[task], inputs, retain_graph=index < len(tasks) - 1, allow_unused=True
         )
-        rows.append(
-            torch.cat(
-                [
-                    (torch.zeros_like(p) if g is None else g).reshape(-1).to(dtype)
-                    for p, g in zip(params, grads[: len(params)], strict=True)
-                ]
-            )
-        )
+        for piece, g in zip(matrix[index].split(sizes), grads[: len(params)], strict=True):
+            if g is None:
+                piece.zero_()
+            else:
+                piece.copy_(g.reshape(-1))
         weight = 1.0 if weights is None else float(weights.get(task, 1.0))
         for p, g in zip(other_params, grads[len(params) :], strict=True):
             if g is not None:
                 rest[p] = weight * g if p not in rest else rest[p] + weight * g
-    return TaskGradients(tasks, torch.stack(rows), tuple(params), rest)
+    return TaskGradients(tasks, matrix, tuple(params), rest)
 
 
 def write_gradient(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
     """Adds a flat gradient vector to the ``.grad`` of ``params`` (in their order and dtype)."""
-    offset = 0
-    for p in params:
-        piece = vector[offset : offset + p.numel()].view_as(p).to(p.dtype)
-        offset += p.numel()
-        p.grad = piece.clone() if p.grad is None else p.grad + piece
-    if offset != vector.numel():
-        raise ValueError(f"gradient vector has {vector.numel()} entries, parameters {offset}")
+    total = sum(p.numel() for p in params)
+    if total != vector.numel():
+        raise ValueError(f"gradient vector has {vector.numel()} entries, parameters {total}")
+    # The pieces are views of ``vector``, which nothing else holds: no copy is needed.
+    for p, piece in zip(params, vector.split([p.numel() for p in params]), strict=True):
+        grad = piece.view_as(p).to(p.dtype)
+        p.grad = grad if p.grad is None else p.grad + grad
 
 
 def _unique(params: Sequence[torch.Tensor], exclude: set[int] | None = None) -> list[torch.Tensor]:
@@ -224,11 +224,13 @@ class Combination:
         coefficients: ``c`` with ``vector = c @ matrix`` when the method is such a combination (the
             effective task weights, logged as ``weight_<task>``); None otherwise.
         diagnostics: Further method-specific floats.
+        gram: The Gram matrix ``G G^T``, if the method computed it (saves computing it again).
     """
 
     vector: torch.Tensor
     coefficients: torch.Tensor | None = None
     diagnostics: Mapping[str, float] | None = None
+    gram: torch.Tensor | None = None
 
 
 class GradientAggregator(GradientMethod):
@@ -307,9 +309,17 @@ class GradientAggregator(GradientMethod):
         self, gradients: TaskGradients, weights: torch.Tensor, combination: Combination
     ) -> dict[str, float]:
         matrix = gradients.matrix
-        diagnostics = gradient_diagnostics(matrix @ matrix.T, gradients.tasks)
-        joint_norm = float(torch.linalg.vector_norm(weights @ matrix))
-        combined_norm = float(torch.linalg.vector_norm(combination.vector))
+        gram = matrix @ matrix.T if combination.gram is None else combination.gram
+        diagnostics = gradient_diagnostics(gram, gradients.tasks)
+        # Norms of combinations of the rows follow from the Gram matrix: no pass over the params.
+        gram64 = gram.detach().to(torch.float64)
+        w = weights.to(torch.float64)
+        joint_norm = float(torch.sqrt((w @ gram64 @ w).clamp_min(0)))
+        if combination.coefficients is None:
+            combined_norm = float(torch.linalg.vector_norm(combination.vector))
+        else:
+            c = combination.coefficients.to(torch.float64)
+            combined_norm = float(torch.sqrt((c @ gram64 @ c).clamp_min(0)))
         diagnostics["grad_norm_combined"] = combined_norm
         diagnostics["combined_to_joint_norm"] = (
             combined_norm / joint_norm if joint_norm > 0 else 0.0

@@ -305,8 +305,9 @@ class CameGrad(GradientAggregator):
 
     def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
         """Stages 1-3 on the Gram matrix, then ``g_final = c @ G`` (clipped if configured)."""
+        gram = grads @ grads.T
         coefficients = came_grad_coefficients(
-            grads @ grads.T,
+            gram,
             weights,
             rho=self.rho,
             kappa=self.kappa,
@@ -324,7 +325,7 @@ class CameGrad(GradientAggregator):
             if norm > self.max_norm:
                 final = final * (self.max_norm / norm)
                 vector = vector * (self.max_norm / norm)
-        return Combination(vector, final, {"came_fallback": float(coefficients.fallback)})
+        return Combination(vector, final, {"came_fallback": float(coefficients.fallback)}, gram)
 
     def _describe(self) -> dict[str, Any]:
         return {
