@@ -168,7 +168,8 @@ class NashMTL(TorchJDMethod):
     """Nash-MTL: the Nash bargaining solution among the tasks (Navon et al., 2022).
 
     Stateful: it warm-starts from the previous step's weights (per process; under DDP the
-    combined gradient is what is synchronised).
+    combined gradient is what is synchronised). torchjd keeps that state internally, so it is not
+    in the checkpoint: a resumed run starts the warm start afresh.
 
     Args:
         max_norm: Clip the aggregated gradient to this norm (0 disables).

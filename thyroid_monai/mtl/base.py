@@ -17,6 +17,7 @@ Two kinds of method share the interface:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -215,6 +216,20 @@ def _unique(params: Sequence[torch.Tensor], exclude: set[int] | None = None) -> 
     return unique
 
 
+def _check_finite(
+    gram: torch.Tensor, tasks: Sequence[str], losses: Mapping[str, torch.Tensor]
+) -> None:
+    """Refuses to write a step from non-finite gradients, naming the tasks that produced them."""
+    if bool(torch.isfinite(gram).all()):
+        return
+    norms2 = gram.diagonal().tolist()
+    bad = [task for task, norm2 in zip(tasks, norms2, strict=True) if not math.isfinite(norm2)]
+    values = {task: float(losses[task].detach()) for task in bad or tasks}
+    raise FloatingPointError(
+        f"non-finite gradient of task(s) {bad or list(tasks)}; losses {values}"
+    )
+
+
 @dataclass(frozen=True)
 class Combination:
     """What an aggregator makes of the gradient matrix.
@@ -300,16 +315,21 @@ class GradientAggregator(GradientMethod):
             [self.weight(task) for task in gradients.tasks], dtype=gradients.matrix.dtype
         )
         combination = self.combine(gradients.matrix, weights, epoch)
+        matrix = gradients.matrix
+        gram = matrix @ matrix.T if combination.gram is None else combination.gram
+        _check_finite(gram, gradients.tasks, losses)
         write_gradient(aggregated, combination.vector)
         for p, g in gradients.rest.items():
             p.grad = g if p.grad is None else p.grad + g
-        return self._diagnostics(gradients, weights, combination)
+        return self._diagnostics(gradients, gram, weights, combination)
 
     def _diagnostics(
-        self, gradients: TaskGradients, weights: torch.Tensor, combination: Combination
+        self,
+        gradients: TaskGradients,
+        gram: torch.Tensor,
+        weights: torch.Tensor,
+        combination: Combination,
     ) -> dict[str, float]:
-        matrix = gradients.matrix
-        gram = matrix @ matrix.T if combination.gram is None else combination.gram
         diagnostics = gradient_diagnostics(gram, gradients.tasks)
         # Norms of combinations of the rows follow from the Gram matrix: no pass over the params.
         gram64 = gram.detach().to(torch.float64)

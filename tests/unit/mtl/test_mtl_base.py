@@ -167,3 +167,13 @@ def test_regularised_losses_reach_the_parameters_through_every_backward_pass():
     )
     for p, e in zip(model.parameters(), expected, strict=True):
         assert torch.allclose(p.grad, e, atol=1e-6)
+
+
+def test_non_finite_gradients_are_refused_with_the_task_named():
+    model = ToyMultitask(tasks=("seg", "cls"))
+    _, losses = toy_losses(model, tasks=("seg", "cls"))
+    losses["cls"] = losses["cls"] * torch.tensor(float("inf"))
+    with pytest.raises(FloatingPointError, match=r"task\(s\) \['cls'\]"):
+        CameGrad().backward(losses, shared_params=model.shared_parameters(),
+                            task_params=model.task_parameters())  # fmt: skip
+    assert all(p.grad is None for p in model.shared_parameters())
