@@ -97,3 +97,19 @@ def test_bundle_tracks_gradient_diagnostics_and_checkpoints_learned_weights(tmp_
     (checkpoint,) = (run_dir / "models").glob("checkpoint_*.pt")
     saved = torch.load(checkpoint, weights_only=False)
     assert torch.equal(saved["gradient_method"]["log_variance"], method.log_variance.detach())
+
+
+def test_every_bundle_overlay_builds_its_method():
+    from monai.bundle import ConfigParser
+
+    from thyroid_monai.workflows import default_bundle_dir
+
+    configs = default_bundle_dir() / "configs"
+    overlays = sorted((configs / "mtl").glob("*.yaml"))
+    assert len(overlays) >= 5
+    for overlay in overlays:
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.yaml"), str(overlay)])
+        method = parser.get_parsed_content("gradient_method")
+        assert method.name in GRADIENT_METHODS, overlay.name
+        assert overlay.stem.startswith(method.name), overlay.name

@@ -15,7 +15,9 @@ import torch
 from thyroid_monai.mtl.base import Combination, GradientAggregator, ParameterSet, plain_losses
 
 
-def _task_names(tasks: Sequence[str] | None, task_weights: Mapping[str, float] | None) -> tuple:
+def _task_names(
+    tasks: Sequence[str] | None, task_weights: Mapping[str, float] | None
+) -> tuple[str, ...]:
     names = tuple(tasks) if tasks is not None else tuple(task_weights or {})
     if not names:
         raise ValueError("name the tasks (tasks=[...] or task_weights={task: weight})")

@@ -107,3 +107,18 @@ def test_gradnorm_trains_and_keeps_its_reference_losses_in_the_checkpoint():
     restored.load_state_dict(method.state_dict())
     assert torch.equal(restored.initial_losses, method.initial_losses)
     assert torch.equal(restored.logits.detach(), method.logits.detach())
+
+
+def test_learned_weights_resume_through_an_ignite_checkpoint(tmp_path):
+    from ignite.handlers import Checkpoint
+
+    trained = GradNorm(TWO)
+    model = ToyMultitask(tasks=TWO)
+    run_backward(trained, model)
+    with torch.no_grad():
+        trained.logits.add_(torch.tensor([0.3, -0.3]))
+    torch.save({"gradient_method": trained.state_dict()}, tmp_path / "checkpoint.pt")
+    resumed = GradNorm(TWO)
+    Checkpoint.load_objects({"gradient_method": resumed}, torch.load(tmp_path / "checkpoint.pt"))
+    assert torch.equal(resumed.logits.detach(), trained.logits.detach())
+    assert torch.equal(resumed.initial_losses, trained.initial_losses)
