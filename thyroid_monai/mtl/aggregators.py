@@ -80,7 +80,7 @@ class TorchJDMethod(GradientAggregator):
         if isinstance(aggregator, WeightedAggregator):
             # WeightedAggregator.forward is exactly these two lines; calling them apart exposes
             # the weights for the diagnostics.
-            aggregation_weights = aggregator.weighting(matrix).to(grads.dtype)
+            aggregation_weights = aggregator.weighting(matrix).to(grads.dtype)  # on grads' device
             return Combination(aggregation_weights @ matrix, aggregation_weights * weights)
         return Combination(aggregator(matrix))
 

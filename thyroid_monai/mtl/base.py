@@ -312,7 +312,9 @@ class GradientAggregator(GradientMethod):
             losses, aggregated, other_params=others, weights=self.head_weights(tuple(losses))
         )
         weights = torch.tensor(
-            [self.weight(task) for task in gradients.tasks], dtype=gradients.matrix.dtype
+            [self.weight(task) for task in gradients.tasks],
+            dtype=gradients.matrix.dtype,
+            device=gradients.matrix.device,
         )
         combination = self.combine(gradients.matrix, weights, epoch)
         matrix = gradients.matrix

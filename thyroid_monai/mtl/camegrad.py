@@ -220,7 +220,7 @@ def came_grad_direction(
     coefficients = came_grad_coefficients(
         matrix @ matrix.T, weights, rho=rho, kappa=kappa, nu=nu, **options
     )
-    return coefficients.final.to(matrix.dtype) @ matrix
+    return coefficients.final.to(device=matrix.device, dtype=matrix.dtype) @ matrix
 
 
 class CameGrad(GradientAggregator):
@@ -318,7 +318,7 @@ class CameGrad(GradientAggregator):
             dual_max_iter=self.dual_max_iter,
             dual_tol=self.dual_tol,
         )
-        final = coefficients.final.to(grads.dtype)
+        final = coefficients.final.to(device=grads.device, dtype=grads.dtype)
         vector = final @ grads
         if self.max_norm > 0:
             norm = float(torch.linalg.vector_norm(vector))

@@ -84,6 +84,7 @@ class UncertaintyWeighting(GradientAggregator):
     def loss_weights(self) -> torch.Tensor:
         """``exp(-s_t) w_t``, the weight each task loss gets now (detached)."""
         fixed = torch.tensor([self.weight(task) for task in self.tasks])
+        fixed = fixed.to(self.log_variance.device)
         return torch.exp(-self.log_variance.detach()) * fixed
 
     def head_weights(self, tasks: tuple[str, ...]) -> Mapping[str, float]:
@@ -92,7 +93,7 @@ class UncertaintyWeighting(GradientAggregator):
 
     def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
         """``sum_t exp(-s_t) w_t g_t``."""
-        coefficients = self.loss_weights().to(grads.dtype)
+        coefficients = self.loss_weights().to(device=grads.device, dtype=grads.dtype)
         return Combination(coefficients @ grads, coefficients)
 
     def backward(
@@ -107,8 +108,12 @@ class UncertaintyWeighting(GradientAggregator):
         """One backward pass of the weighted objective, or per task when measuring conflict."""
         _check_tasks(self.tasks, losses, type(self).__name__)
         losses = plain_losses(losses)
-        stacked = torch.stack([losses[task] for task in self.tasks])
-        fixed = torch.tensor([self.weight(task) for task in self.tasks], dtype=stacked.dtype)
+        # The log variances live where they were made (CPU unless moved): the T loss values go
+        # to them, differentiably, rather than the parameters to the network's device.
+        stacked = torch.stack([losses[task] for task in self.tasks]).to(self.log_variance.device)
+        fixed = torch.tensor(
+            [self.weight(task) for task in self.tasks], dtype=stacked.dtype, device=stacked.device
+        )
         if self.measure_conflict:
             diagnostics = super().backward(
                 losses, shared_params=shared_params, task_params=task_params, epoch=epoch
@@ -208,7 +213,8 @@ class GradNorm(GradientAggregator):
     ) -> dict[str, float]:
         """Records the loss values for :meth:`combine`, then aggregates."""
         _check_tasks(self.tasks, losses, type(self).__name__)
-        self._losses = torch.stack([losses[task].detach() for task in self.tasks]).float()
+        values = torch.stack([losses[task].detach() for task in self.tasks]).float()
+        self._losses = values.to(self.logits.device)
         if self.initial_losses is None:
             self.initial_losses = self._losses.clone()
         return super().backward(
@@ -219,7 +225,7 @@ class GradNorm(GradientAggregator):
         """``sum_t w_t g_t`` with the current weights; writes the logits' GradNorm gradient."""
         if self._losses is None or self.initial_losses is None:
             raise RuntimeError("GradNorm.combine needs the losses: call backward")
-        norms = torch.linalg.vector_norm(grads.detach(), dim=1).to(torch.float32)
+        norms = torch.linalg.vector_norm(grads.detach(), dim=1).to(self.logits.device).float()
         ratios = self._losses / self.initial_losses.clamp_min(torch.finfo(torch.float32).tiny)
         inverse_rate = ratios / ratios.mean().clamp_min(torch.finfo(torch.float32).tiny)
         balanced = len(self.tasks) * torch.softmax(self.logits, dim=0)
@@ -230,7 +236,7 @@ class GradNorm(GradientAggregator):
         self.logits.grad = (
             logits_grad if self.logits.grad is None else self.logits.grad + logits_grad
         )
-        coefficients = balanced.detach().to(grads.dtype)
+        coefficients = balanced.detach().to(device=grads.device, dtype=grads.dtype)
         return Combination(
             coefficients @ grads, coefficients, {"gradnorm_loss": float(gradnorm_loss.detach())}
         )
@@ -245,7 +251,9 @@ class GradNorm(GradientAggregator):
         super().load_state_dict(state)
         _load_parameter(self.logits, state["logits"], "logits")
         initial = state["initial_losses"]
-        self.initial_losses = None if initial is None else torch.as_tensor(initial).float()
+        if initial is not None:
+            initial = torch.as_tensor(initial).float().to(self.logits.device)
+        self.initial_losses = initial
 
     def _describe(self) -> dict[str, Any]:
         return {**super()._describe(), "tasks": list(self.tasks), "alpha": self.alpha}
