@@ -399,6 +399,17 @@ def read_ultrasound(
     """
     path = Path(path)
     dataset = read_dataset(path)
+    try:
+        return _read_image(path, dataset, frames, region, crop)
+    except DicomReadError:
+        raise
+    except Exception as error:  # values parsed lazily can fail anywhere (wrong VR, bad length)
+        raise _fail(path, f"damaged DICOM data ({type(error).__name__}: {error})") from None
+
+
+def _read_image(
+    path: Path, dataset: Dataset, frames: FramePolicy, region: RegionPolicy, crop: bool
+) -> UltrasoundImage:
     _check_image_header(path, dataset)
     try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
