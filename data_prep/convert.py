@@ -88,6 +88,8 @@ class SourceCase:
     key: str
     files: tuple[Path, ...]
     root: Path
+    skipped: list[Rejection]
+    """Parts of the case left out by :meth:`convert` (an image without any label...)."""
 
     def convert(self) -> list[Sample]:
         """The samples of this case.
@@ -186,11 +188,17 @@ def _convert_one(task: tuple[SourceCase, str]) -> _Outcome:
         written = [_write_sample(sample, out_dir) for sample in samples]
     except ConversionError as error:
         return _Outcome(case.key, None, [Rejection(case.key, str(error))])
-    record = {"key": case.key, "sources": case.provenance(), "samples": written}
+    skipped = list(getattr(case, "skipped", []))
+    record = {
+        "key": case.key,
+        "sources": case.provenance(),
+        "samples": written,
+        "skipped": [[r.path, r.reason] for r in skipped],
+    }
     write_json_atomic(
         out_dir / RECORDS / f"{hashlib.sha256(case.key.encode()).hexdigest()}.json", record
     )
-    return _Outcome(case.key, record, [])
+    return _Outcome(case.key, record, skipped)
 
 
 def _reusable(case: SourceCase, out_dir: Path) -> dict[str, Any] | None:
@@ -288,6 +296,7 @@ def convert_dataset(
             todo.append((case, str(out)))
         else:
             records[case.key] = record
+            rejected.extend(Rejection(path, reason) for path, reason in record.get("skipped", []))
     reused = len(records)
     with tqdm(
         total=len(cases), initial=reused, desc="converting", unit="case", disable=not progress

@@ -166,7 +166,30 @@ def _add_prep(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_dataset_sources(sources: argparse._SubParsersAction) -> None:
-    """The public-dataset converters (added in their own modules' terms)."""
+    """The public-dataset converters."""
+    ddti = sources.add_parser("ddti", help="DDTI: xml/ and images/ (Kwak TI-RADS labels)")
+    _split_arguments(ddti)
+    ddti.add_argument(
+        "--keep-partial", action="store_true", help="also rasterise contours cut by truncation"
+    )
+    ddti.set_defaults(handler=_run_prep, discover=_discover_ddti)
+
+
+def _discover_ddti(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.ddti import discover_ddti
+
+    cases, rejections = discover_ddti(args.input, keep_partial=args.keep_partial)
+    header: dict[str, object] = {
+        "name": "ddti",
+        "description": "DDTI thyroid ultrasound database (Pedraza et al., SPIE 9287, 2015)",
+        "source": "ddti",
+        "version": "original XML + JPG layout",
+        "tirads_scheme": "kwak",
+        "burned_in_text": "present in the frames, not removed (no region information)",
+    }
+    return list(cases), rejections, header
 
 
 def _fixed_test(args: argparse.Namespace) -> frozenset[str]:
@@ -203,7 +226,7 @@ def _discover_dicom(
         frames=parse_frame_policy(args.frames), region=region,  # type: ignore[arg-type]
         scheme=args.scheme, deid=deid,  # type: ignore[arg-type]
     )  # fmt: skip
-    header = {
+    header: dict[str, object] = {
         "name": "dicom-ultrasound",
         "description": "Ultrasound DICOM exports converted by thyroid-monai prep dicom",
         "source": "dicom",
