@@ -260,7 +260,11 @@ def convert_source(args: argparse.Namespace) -> ConversionResult:
 
 
 def _run_prep(args: argparse.Namespace) -> int:
-    result = convert_source(args)
+    try:
+        result = convert_source(args)
+    except (ValueError, FileNotFoundError) as error:  # bad input or settings, named in the text
+        print(f"prep {args.source}: {error}", file=sys.stderr)
+        return 2
     print(
         f"prep {args.source}: {result.samples} images from {result.converted} new and "
         f"{result.reused} reused cases; {len(result.rejected)} rejected "
