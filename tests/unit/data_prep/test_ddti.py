@@ -72,14 +72,16 @@ def test_masks_match_the_polygons(converted):
 def test_quirks_truncation_regions_empty_labels(converted):
     out, datalist, items = converted
     assert datalist["tirads_scheme"] == "kwak"
-    assert items["ddti_54_1"]["contour_truncated"] and items["ddti_127_1"]["contour_truncated"]
+    assert items["ddti_54_1"]["contour_truncated"]
+    assert items["ddti_127_1"]["contour_truncated"]
     for case_id in ("ddti_54_1", "ddti_127_1"):
         assert read_nifti_2d(out / items[case_id]["label"])[0].any()
     assert items["ddti_62_1"]["tirads"] is None  # kept for segmentation only
     assert "label" in items["ddti_62_1"]
     assert "ddti_62_3" not in items  # neither contour nor level
     assert "62_3.jpg,no contour" in (out / "rejected.csv").read_text()
-    assert items["ddti_54_1"]["tirads"] == "4c" and items["ddti_3_1"]["tirads"] == "4a"
+    assert items["ddti_54_1"]["tirads"] == "4c"
+    assert items["ddti_3_1"]["tirads"] == "4a"
     assert items["ddti_54_1"]["ddti_descriptors"]["composition"] == "dense"
     patients = {}
     for item in datalist["training"]:

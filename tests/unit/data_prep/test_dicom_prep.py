@@ -35,12 +35,14 @@ def test_seg_masks_labels_and_deidentification(export, tmp_path, capsys):
     assert _prep(export, out, "--labels", str(export / "labels.csv")) == 0
     datalist = json.loads((out / "datalist.json").read_text())
     items = datalist["training"] + datalist["testing"]
-    assert len(items) == 12 and datalist["deidentified"] is True
+    assert len(items) == 12
+    assert datalist["deidentified"] is True
     cases = list(Phantom(PhantomConfig(seed=3)).cases(12))
     by_level = sorted(c.majority for c in cases)
     assert sorted(i["tirads"] for i in items) == by_level
     for item in items:
-        assert item["patient"].startswith("ANON-") and item["case_id"].startswith(item["patient"])
+        assert item["patient"].startswith("ANON-")
+        assert item["case_id"].startswith(item["patient"])
         image, spacing = read_nifti_2d(out / item["image"])
         mask, _ = read_nifti_2d(out / item["label"])
         assert spacing == pytest.approx(item["spacing"])
@@ -70,7 +72,8 @@ def test_png_masks_multiframe_rejects_and_exit_code(tmp_path, capsys):
         patient = PatientInfo.fake("DOE^JANE", mrn, "20240101", "120000")
         frames[:, 30, 40] = ord(name)  # distinct images (identical ones would be grouped)
         write_ultrasound_dicom(source / name / "cine.dcm", frames, regions=[(5, 6, 44, 35)],
-                               spacing_mm=(0.1, 0.2), patient=patient, photometric="RGB")  # fmt: skip
+                               spacing_mm=(0.1, 0.2), patient=patient,
+                               photometric="RGB")  # fmt: skip
     mask = np.zeros((40, 50), np.uint8)
     mask[10:20, 10:30] = 255
     (masks / "a").mkdir(parents=True)
@@ -84,15 +87,18 @@ def test_png_masks_multiframe_rejects_and_exit_code(tmp_path, capsys):
                  "--folds", "2") == 0  # fmt: skip
     items = {i["case_id"]: i for i in json.loads((out / "datalist.json").read_text())["training"]}
     assert sorted(items) == [f"{p}-cine_f{n:03d}" for p in "ab" for n in (1, 2, 3)]
-    assert items["a-cine_f002"]["frame"] == 2 and "label" in items["a-cine_f002"]
+    assert items["a-cine_f002"]["frame"] == 2
+    assert "label" in items["a-cine_f002"]
     assert "label" not in items["a-cine_f001"]  # only frame 2 has a mask
     label, spacing = read_nifti_2d(out / items["a-cine_f002"]["label"])
     np.testing.assert_array_equal(label, (mask[6:36, 5:45] > 0).astype(np.uint8))
     assert spacing == pytest.approx((0.1, 0.2))
     image, _ = read_nifti_2d(out / items["a-cine_f003"]["image"])
-    assert image.shape == (30, 40) and int(image[0, 0]) == 100
+    assert image.shape == (30, 40)
+    assert int(image[0, 0]) == 100
     rejected = (out / "rejected.csv").read_text()
-    assert "notes.txt" in rejected and "CT Image Storage" in rejected
+    assert "notes.txt" in rejected
+    assert "CT Image Storage" in rejected
     # One patient cannot fill two folds: a clear error, exit code 2.
     assert _prep(source / "a", tmp_path / "one", "--no-deid", "--test-fraction", "0",
                  "--folds", "2") == 2  # fmt: skip
