@@ -344,8 +344,9 @@ def deidentify(dataset: Dataset, options: DeidentificationOptions) -> Dataset:
     result.PatientID = worker.pseudonym
     result.PatientName = worker.pseudonym
     result.PatientIdentityRemoved = "YES"
-    result.DeidentificationMethod = "thyroid_monai: " + ", ".join(
-        OPTION_CODES[name][1] for name in worker.enabled
+    # LO holds 64 characters: the codes here, their meanings in the code sequence below.
+    result.DeidentificationMethod = "thyroid_monai PS3.15 DCM " + " ".join(
+        OPTION_CODES[name][0] for name in worker.enabled
     )
     codes = []
     for name in worker.enabled:
