@@ -173,6 +173,79 @@ def _add_dataset_sources(sources: argparse._SubParsersAction) -> None:
         "--keep-partial", action="store_true", help="also rasterise contours cut by truncation"
     )
     ddti.set_defaults(handler=_run_prep, discover=_discover_ddti)
+    tn3k = sources.add_parser("tn3k", help="TN3K: trainval/test image and mask folders")
+    _split_arguments(tn3k)
+    tn3k.add_argument(
+        "--folds-from", choices=["computed", "dataset"], default="computed",
+        help="computed patient/duplicate-safe folds, or the dataset's fold JSON files",
+    )  # fmt: skip
+    tn3k.set_defaults(handler=_run_prep, discover=_discover_tn3k)
+    stanford = sources.add_parser("stanford-cine", help="Stanford AIMI thyroid cine clips (HDF5)")
+    _split_arguments(stanford)
+    stanford.add_argument("--frames", default="middle", help="all, middle, first or a frame")
+    stanford.add_argument("--frame-stride", type=int, default=1, help="with --frames all")
+    stanford.set_defaults(handler=_run_prep, discover=_discover_stanford)
+    folder = sources.add_parser("folder", help="images/, masks/ and a labels CSV")
+    _split_arguments(folder)
+    folder.add_argument("--images", default="images", help="images subfolder of --in")
+    folder.add_argument("--masks", default="masks", help="masks subfolder (same file stems)")
+    folder.add_argument("--labels", type=Path, help="labels CSV keyed by 'image'")
+    folder.add_argument("--scheme", choices=["acr", "kwak"], default="acr", help="label scheme")
+    folder.set_defaults(handler=_run_prep, discover=_discover_folder)
+
+
+def _discover_tn3k(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.images import discover_tn3k
+
+    cases, rejections, extras = discover_tn3k(args.input, folds_from=args.folds_from)
+    header: dict[str, object] = {
+        "name": "tn3k",
+        "description": "TN3K thyroid nodule ultrasound (Gong et al., ISBI 2021)",
+        "source": "tn3k",
+        "tirads_scheme": "acr",
+        "note": "no TI-RADS levels (tirads is null); pathology from label4*.csv when present",
+        **extras,
+    }
+    return list(cases), rejections, header
+
+
+def _discover_stanford(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.stanford import discover_stanford
+    from thyroid_monai.io.dicom import parse_frame_policy
+
+    frames = parse_frame_policy(args.frames)
+    cases, rejections = discover_stanford(args.input, frames=frames, stride=args.frame_stride)
+    header: dict[str, object] = {
+        "name": "stanford-thyroid-cine",
+        "description": "Stanford AIMI thyroid ultrasound cine-clip dataset",
+        "source": "stanford-cine",
+        "tirads_scheme": "acr",
+        "frames": args.frames,
+        "frame_stride": args.frame_stride,
+    }
+    return list(cases), rejections, header
+
+
+def _discover_folder(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.images import discover_folder
+
+    cases, rejections = discover_folder(
+        args.input, images=args.images, masks=args.masks, labels_csv=args.labels,
+        scheme=args.scheme,
+    )  # fmt: skip
+    header: dict[str, object] = {
+        "name": args.input.name,
+        "description": "Image folder converted by thyroid-monai prep folder",
+        "source": "folder",
+        "tirads_scheme": args.scheme,
+    }
+    return list(cases), rejections, header
 
 
 def _discover_ddti(
