@@ -35,8 +35,9 @@ def test_features_follow_the_pixels_and_the_spacing():
 def test_unknown_spacing_and_missing_masks_give_null_never_zero():
     image, mask = _nodule(20, 30)
     values = dict(zip(FEATURES, compute_features(image, mask, None), strict=True))
-    for name in ("taller_than_wide", "echogenicity_ratio", "bright_spot_count",
-                 "shape2D_Elongation", "shape2D_PerimeterSurfaceRatio", "shape2D_Sphericity"):  # fmt: skip
+    in_mm = ("taller_than_wide", "echogenicity_ratio", "bright_spot_count", "shape2D_Elongation",
+             "shape2D_PerimeterSurfaceRatio", "shape2D_Sphericity")  # fmt: skip
+    for name in in_mm:
         assert values[name] is None, name
     assert values["firstorder_Median"] is not None
     assert compute_features(image, None, (0.1, 0.1)) == [None] * len(FEATURES)
