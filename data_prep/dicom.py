@@ -4,7 +4,8 @@ Input:
 
 - ``--in``: a folder tree of DICOM files (any names). Ultrasound images (US Image Storage and US
   Multi-frame Image Storage, retired UIDs too) become cases; DICOM SEG files anywhere in the tree
-  are masks for the images they reference; anything else is listed in ``rejected.csv``.
+  are masks for the single-frame images they reference (cines take PNG masks); anything else is
+  listed in ``rejected.csv``.
 - ``--masks``: optional PNG masks, full-frame or already cropped, named after the image's path
   relative to ``--in`` without its suffix (``study1/img3.png``), with ``_f<frame>`` for one frame
   of a cine (``study1/cine_f12.png``), or after its SOP Instance UID. Values above half the
@@ -178,16 +179,18 @@ class DicomCase(SourceCase):
                 "DICOM SEG masks need highdicom; install the 'dicom' extra: "
                 "pip install 'thyroid-monai[dicom]'"
             ) from None
+        if image.number_of_frames > 1:
+            # highdicom places SEG frames of a multi-frame source by its frame of reference, which
+            # ultrasound cines lack; per-frame PNG masks cover that case.
+            raise ConversionError(
+                f"{self.segmentation}: DICOM SEG masks of multi-frame images are not supported; "
+                "give PNG masks named <file>_f<frame>.png"
+            )
         try:
             segmentation = hd.seg.segread(str(self.segmentation))
-            if image.number_of_frames > 1:
-                pixels = segmentation.get_pixels_by_source_frame(
-                    image.sop_instance_uid, source_frame_numbers=[frame], combine_segments=True
-                )
-            else:
-                pixels = segmentation.get_pixels_by_source_instance(
-                    [image.sop_instance_uid], combine_segments=True
-                )
+            pixels = segmentation.get_pixels_by_source_instance(
+                [image.sop_instance_uid], combine_segments=True
+            )
         except Exception as error:  # highdicom raises several types for unusable SEGs
             raise ConversionError(f"{self.segmentation}: unusable DICOM SEG ({error})") from None
         return np.asarray(pixels[0]) > 0

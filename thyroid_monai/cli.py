@@ -316,8 +316,10 @@ def convert_source(args: argparse.Namespace) -> ConversionResult:
     from data_prep.convert import SplitOptions, convert_dataset
 
     cases, rejections, header = args.discover(args)
+    # Paths may name patients: a de-identified dataset records none of them in its manifest.
+    hide_paths = bool(header.get("deidentified"))
     options = {
-        k: (str(v) if isinstance(v, Path) else v)
+        k: ((None if hide_paths else str(v)) if isinstance(v, Path) else v)
         for k, v in vars(args).items()
         if k not in ("handler", "discover", "salt", "no_progress")
     }
