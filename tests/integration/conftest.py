@@ -68,14 +68,13 @@ def postgres_uri() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(base, user="postgres", group="postgres")
     data, port = base / "data", free_port()
-    run = (
-        lambda *cmd: subprocess.run(  # noqa: E731 - a local shorthand
-            _as_postgres_user([str(binaries / cmd[0]), *cmd[1:]]),
-            check=True,
-            capture_output=True,
-            text=True,
+
+    def run(*command: str) -> None:
+        binary = str(binaries / command[0])
+        subprocess.run(
+            _as_postgres_user([binary, *command[1:]]), check=True, capture_output=True, text=True
         )
-    )
+
     run("initdb", "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8")
     run(
         "pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w", "start",
