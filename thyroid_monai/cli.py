@@ -3,6 +3,7 @@
 Subcommands:
     synth   render a phantom dataset (NIfTI + datalist) and/or a labelled preview grid
     demo    synthesise, train through the bundle, evaluate on held-out patients, print results
+    sync    replay tracking records kept locally while the MLflow server was unreachable
 """
 
 from __future__ import annotations
@@ -209,6 +210,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sync(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sync",
+        help="replay tracking records kept locally during a server outage",
+        description="Replay the runs of an offline tracking store (written while the MLflow "
+        "server was unreachable) onto the server. Safe to run twice: nothing is duplicated.",
+    )
+    parser.add_argument("store", type=Path, help="the fallback folder, e.g. runs/x/eval/offline")
+    parser.add_argument("--to", help="tracking server URI (default: the one recorded, then env)")
+    parser.set_defaults(handler=_run_sync)
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from thyroid_monai.offline_tracking import sync_offline_store
+
+    report = sync_offline_store(args.store, args.to)
+    print(report.summary())
+    for key in report.skipped_params:
+        print(f"  param '{key}' differs on the server and was kept there (params are immutable)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``thyroid-monai``."""
     parser = argparse.ArgumentParser(
@@ -218,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_synth(subparsers)
     _add_demo(subparsers)
+    _add_sync(subparsers)
     return parser
 
 

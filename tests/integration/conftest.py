@@ -92,30 +92,72 @@ def postgres_uri() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+class MlflowServer:
+    """``mlflow server`` as a child process that a test can stop and start again on its port."""
+
+    def __init__(self, backend_store_uri: str, folder: Path, port: int | None = None):
+        self.backend_store_uri = backend_store_uri
+        self.folder = folder
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> MlflowServer:
+        log = self.folder / "server.log"
+        command = [
+            str(Path(sys.executable).parent / "mlflow"), "server",
+            "--backend-store-uri", self.backend_store_uri,
+            "--artifacts-destination", str(self.folder / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        environment = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        environment.pop("MLFLOW_TRACKING_URI", None)
+        with log.open("a") as sink:
+            self.process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=environment
+            )
+        _wait_for_http(f"{self.uri}/health", self.process, timeout=timeout, log=log)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        # Kill the whole server (uvicorn runs workers as children) and wait until the port is
+        # free, so a test can restart it on the same port.
+        subprocess.run(["pkill", "-KILL", "-P", str(self.process.pid)], check=False)
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def sqlite_mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    """A stopped ``mlflow server`` with a SQLite backend (fast to start), stopped at the end."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = MlflowServer(f"sqlite:///{folder / 'mlflow.db'}", folder)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(postgres_uri: str) -> Iterator[str]:
     """``mlflow server`` backed by PostgreSQL, serving artifacts, on a free loopback port."""
-    base = Path(tempfile.mkdtemp(prefix="thyroid-mlflow-"))
-    port = free_port()
-    log = base / "server.log"
-    command = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", postgres_uri,
-        "--artifacts-destination", str(base / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    environment = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment)
+    folder = Path(tempfile.mkdtemp(prefix="thyroid-mlflow-"))
+    server = MlflowServer(postgres_uri, folder).start()
     try:
-        _wait_for_http(f"http://127.0.0.1:{port}/health", process, timeout=90, log=log)
-        yield f"http://127.0.0.1:{port}"
+        yield server.uri
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(base, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
