@@ -69,14 +69,14 @@ def check_output_folder(folder: str | Path, *, min_free_mb: float = 200.0) -> Pa
             free space than ``min_free_mb``; the message names the folder and the cause.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"the output path {folder} exists and is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputFolderError(
             f"cannot create the output folder {folder}: {error.strerror}"
         ) from error
-    if not folder.is_dir():
-        raise OutputFolderError(f"the output path {folder} exists and is not a folder")
     try:
         with atomic_path(folder / ".write-test") as probe:
             probe.write_bytes(b"\0" * 4096)
