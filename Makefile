@@ -24,6 +24,7 @@ test: $(INSTALLED) lint typecheck unit
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/Dockerfile docker/mlflow.Dockerfile
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

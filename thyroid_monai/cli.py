@@ -6,6 +6,7 @@ Subcommands:
             or compute radiomics targets for a datalist (prep targets)
     audit   scan a prepared dataset for identifying information left
     demo    synthesise, export as DICOM, prepare (de-identified), train, evaluate, print results
+    sync    replay tracking records kept locally while the MLflow server was unreachable
 """
 
 from __future__ import annotations
@@ -508,6 +509,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sync(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sync",
+        help="replay tracking records kept locally during a server outage",
+        description="Replay the runs of an offline tracking store (written while the MLflow "
+        "server was unreachable) onto the server. Safe to run twice: nothing is duplicated.",
+    )
+    parser.add_argument("store", type=Path, help="the fallback folder, e.g. runs/x/eval/offline")
+    parser.add_argument("--to", help="tracking server URI (default: the one recorded, then env)")
+    parser.set_defaults(handler=_run_sync)
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from thyroid_monai.offline_tracking import sync_offline_store
+
+    report = sync_offline_store(args.store, args.to)
+    print(report.summary())
+    for key in report.skipped_params:
+        print(f"  param '{key}' differs on the server and was kept there (params are immutable)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``thyroid-monai``."""
     parser = argparse.ArgumentParser(
@@ -519,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep(subparsers)
     _add_audit(subparsers)
     _add_demo(subparsers)
+    _add_sync(subparsers)
     return parser
 
 
