@@ -314,7 +314,7 @@ def convert_dataset(
         raise ValueError(f"case IDs are not unique: {duplicates[:5]}")
     _write_rejected(out / "rejected.csv", rejected)
     if not samples:
-        return ConversionResult(None, len(todo) - len(rejected), reused, rejected, 0)
+        return ConversionResult(None, len(todo), reused, rejected, 0)
     items = [dict(s["item"], source=header.get("source")) for s in samples]
     digests = [s["image_sha256"] for s in samples]
     training, testing = split_dataset(

@@ -14,10 +14,15 @@ Input:
   ``sop_instance_uid``, with ``tirads``, the ACR descriptor columns, ``pathology`` and
   ``patient`` (see :func:`data_prep.convert.label_fields`).
 
+Cines keep their middle frame unless ``--frames`` says otherwise (``all`` turns every frame into an
+image; the patient grouping keeps them in one fold).
+
 De-identification is on by default (PS3.15 basic profile with Clean Pixel Data, salted
 pseudonyms): patients become ``ANON-...`` pseudonyms, case IDs derive from the salted SOP Instance
 UID, the manifest records source checksums but no source paths, and a de-identified copy of every
 file goes to ``dicom/`` for the audit. Images are cropped to the 2D tissue region either way.
+``rejected.csv`` still names the refused source files, for the data owner: keep it with the
+sources rather than with the shared dataset.
 """
 
 from __future__ import annotations
@@ -211,7 +216,7 @@ def discover_dicom(
     *,
     masks_dir: str | Path | None = None,
     labels_csv: str | Path | None = None,
-    frames: FramePolicy = "all",
+    frames: FramePolicy = "middle",
     region: RegionPolicy = "largest",
     scheme: str = "acr",
     deid: DeidentificationOptions | None = None,

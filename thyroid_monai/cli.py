@@ -146,7 +146,9 @@ def _add_prep(subparsers: argparse._SubParsersAction) -> None:
     dicom.add_argument("--masks", type=Path, help="folder of PNG masks (DICOM SEG: in the tree)")
     dicom.add_argument("--labels", type=Path, help="labels CSV keyed by file or sop_instance_uid")
     dicom.add_argument("--scheme", choices=["acr", "kwak"], default="acr", help="label scheme")
-    dicom.add_argument("--frames", default="all", help="all, middle, first or a frame number")
+    dicom.add_argument(
+        "--frames", default="middle", help="cine frames to keep: all, middle, first or a number"
+    )
     dicom.add_argument("--region", default="largest", help="largest or the n-th 2D region")
     dicom.add_argument("--salt", help=f"de-identification salt (default: ${SALT_VARIABLE})")
     dicom.add_argument("--no-deid", action="store_true", help="keep identities (not advised)")
@@ -424,7 +426,7 @@ def _prepare_demo_data(run_dir: Path, count: int, config: PhantomConfig, workers
     print(f"[2/4] prep dicom (de-identified, cropped to the tissue region) -> {data_dir}")
     args = argparse.Namespace(
         source="dicom", input=export, out=data_dir, masks=None, labels=export / "labels.csv",
-        scheme="acr", frames="all", region="largest", salt=DEMO_SALT, no_deid=False,
+        scheme="acr", frames="middle", region="largest", salt=DEMO_SALT, no_deid=False,
         retain_dates="none", folds=5, test_fraction=0.2, test_list=None, seed=config.seed,
         workers=workers, no_progress=True, discover=_discover_dicom,
     )  # fmt: skip

@@ -84,7 +84,7 @@ def test_png_masks_multiframe_rejects_and_exit_code(tmp_path, capsys):
     ct.save_as(source / "ct.dcm", enforce_file_format=True)
     out = tmp_path / "out"
     assert _prep(source, out, "--masks", str(masks), "--no-deid", "--test-fraction", "0",
-                 "--folds", "2") == 0  # fmt: skip
+                 "--folds", "2", "--frames", "all") == 0  # fmt: skip
     items = {i["case_id"]: i for i in json.loads((out / "datalist.json").read_text())["training"]}
     assert sorted(items) == [f"{p}-cine_f{n:03d}" for p in "ab" for n in (1, 2, 3)]
     assert items["a-cine_f002"]["frame"] == 2
