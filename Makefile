@@ -14,7 +14,7 @@ TORCH_PIP_ARGS ?=
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit install radiomics clean
+.PHONY: demo test lint typecheck unit install radiomics pyradiomics clean
 
 demo: $(INSTALLED)
 	$(BIN)/thyroid-monai demo --out runs/demo
@@ -24,6 +24,7 @@ test: $(INSTALLED) lint typecheck unit
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/Dockerfile docker/mlflow.Dockerfile
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
@@ -41,13 +42,18 @@ $(BIN)/python:
 # would fetch a multi-GB CUDA build; torch==$(TORCH_VERSION) is a local CPU build here.
 # pyradiomics 3.0.1 has no wheel for Python 3.11: it builds from source without build
 # isolation once numpy, setuptools, wheel and versioneer are present (see DEVELOPERS.md).
+# The tests exercise every extra (DICOM codecs, dataset readers, radiomics), so the development
+# install has them all; pyradiomics is built first, the only way it installs (see DEVELOPERS.md).
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e ".[dev,mtl]"
+	$(MAKE) --no-print-directory pyradiomics
+	$(PIP) install --quiet -e ".[dev,dicom,datasets,radiomics,mtl]"
 	touch $@
 
 # Optional extra: pyradiomics for the radiomics targets (`pip install .[radiomics]` needs these flags).
 radiomics: $(INSTALLED)
+
+pyradiomics: | $(BIN)/python
 	$(BIN)/python -c "import radiomics" 2>/dev/null || { \
 	  $(PIP) install --quiet numpy setuptools wheel versioneer && \
 	  $(PIP) install --quiet --no-build-isolation "pyradiomics==3.0.1"; }

@@ -8,7 +8,7 @@ that currently holds the fewest items of that stratum, which balances both label
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,3 +98,109 @@ def split_holdout(
     kept = [dict(item) for item in items if str(item[group_key]) not in held]
     out = [dict(item) for item in items if str(item[group_key]) in held]
     return kept, out
+
+
+def duplicate_groups(
+    items: Sequence[Mapping[str, Any]], digests: Sequence[str], group_key: str = keys.PATIENT
+) -> list[str]:
+    """One group name per item: patients joined whenever they share a byte-identical image.
+
+    Public datasets hold the same image under different cases (DDTI does); putting those cases in
+    different folds would leak the image. Patients linked by identical images, directly or
+    through a chain, form one group, named after its first patient in sorted order.
+    """
+    if len(items) != len(digests):
+        raise ValueError(f"{len(items)} items but {len(digests)} image digests")
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    first_owner: dict[str, str] = {}
+    for index, (item, digest) in enumerate(zip(items, digests, strict=True)):
+        if group_key not in item:
+            raise ValueError(f"item {index} has no '{group_key}' to group by")
+        patient = str(item[group_key])
+        find(patient)
+        owner = first_owner.setdefault(digest, patient)
+        a, b = find(owner), find(patient)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return [find(str(item[group_key])) for item in items]
+
+
+def split_dataset(
+    items: Sequence[Mapping[str, Any]],
+    *,
+    digests: Sequence[str],
+    folds: int = 5,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    fixed_test: Iterable[str] = (),
+    keep_folds: bool = False,
+    stratify_key: str | None = keys.TIRADS,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Held-out set and patient-level folds, with duplicate images kept in one group.
+
+    Args:
+        items: Datalist items (with ``patient`` and ``case_id``).
+        digests: One image digest per item (:func:`data_prep.convert.pixel_sha256`).
+        folds: Cross-validation folds of the training items.
+        test_fraction: Share of groups held out when ``fixed_test`` is empty.
+        seed: Shuffle seed.
+        fixed_test: Case IDs that must be held out (a dataset's official test split); the
+            whole group of each (same patient or a duplicate image) goes with it, and no
+            random held-out set is drawn.
+        keep_folds: Keep the ``fold`` each item already has (a dataset's own folds); the
+            groups are checked instead of assigned.
+        stratify_key: Label balanced across folds and the held-out set.
+
+    Returns:
+        ``(training, testing)``: training items with ``fold``, testing items without.
+
+    Raises:
+        ValueError: If kept folds put one group in two folds, or a fixed test case is unknown.
+    """
+    groups = duplicate_groups(items, digests)
+    tagged = [{**item, _GROUP: group} for item, group in zip(items, groups, strict=True)]
+    wanted = set(fixed_test)
+    if wanted:
+        known = {str(item.get(keys.CASE_ID)) for item in items}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise ValueError(
+                f"fixed test cases not found among the converted images: {unknown[:5]}"
+            )
+        held = {t[_GROUP] for t in tagged if str(t.get(keys.CASE_ID)) in wanted}
+        kept = [t for t in tagged if t[_GROUP] not in held]
+        testing = [t for t in tagged if t[_GROUP] in held]
+    else:
+        kept, testing = split_holdout(
+            tagged, fraction=test_fraction, seed=seed, group_key=_GROUP, stratify_key=stratify_key
+        )
+    if keep_folds:
+        fold_of: dict[str, set[int]] = defaultdict(set)
+        for item in kept:
+            if keys.FOLD not in item:
+                raise ValueError(f"item {item.get(keys.CASE_ID)} has no dataset fold to keep")
+            fold_of[item[_GROUP]].add(int(item[keys.FOLD]))
+        split_groups = sorted(g for g, f in fold_of.items() if len(f) > 1)
+        if split_groups:
+            raise ValueError(
+                f"the dataset's folds put one patient or duplicate image in two folds: "
+                f"{split_groups[:5]}; use computed folds instead"
+            )
+        training = kept
+    else:
+        training = assign_folds(
+            kept, folds=folds, seed=seed, group_key=_GROUP, stratify_key=stratify_key
+        )
+    strip = [{k: v for k, v in item.items() if k != _GROUP} for item in training]
+    held_out = [{k: v for k, v in item.items() if k not in (_GROUP, keys.FOLD)} for item in testing]
+    return strip, held_out
+
+
+_GROUP = "_split_group"

@@ -2,13 +2,18 @@
 
 Subcommands:
     synth   render a phantom dataset (NIfTI + datalist) and/or a labelled preview grid
-    demo    synthesise, train through the bundle, evaluate on held-out patients, print results
+    prep    convert a source (dicom, ddti, tn3k, stanford-cine, folder) into NIfTI + datalist,
+            or compute radiomics targets for a datalist (prep targets)
+    audit   scan a prepared dataset for identifying information left
+    demo    synthesise, export as DICOM, prepare (de-identified), train, evaluate, print results
+    sync    replay tracking records kept locally while the MLflow server was unreachable
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -19,7 +24,12 @@ from typing import TYPE_CHECKING
 from thyroid_monai.tirads import ACR_LEVELS
 
 if TYPE_CHECKING:  # heavy imports happen inside the subcommands, so `--help` stays fast
+    from data_prep.convert import ConversionResult, Rejection, SourceCase
     from thyroid_monai.synthetic import PhantomConfig
+
+SALT_VARIABLE = "THYROID_MONAI_DEID_SALT"
+DEMO_SALT = "thyroid-monai-demo"
+"""Salt of the demo's de-identification (fake patients only; real data needs a secret salt)."""
 
 
 def _class_mix(text: str) -> str | dict[str, float]:
@@ -109,11 +119,288 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in", dest="input", type=Path, required=True, help="source folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--folds", type=int, default=5, help="patient-level folds")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out patients")
+    parser.add_argument(
+        "--test-list", type=Path, help="file of case IDs to hold out (one per line) instead"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="conversion processes")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_prep(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prep",
+        help="convert a dataset into NIfTI + datalist, or compute radiomics targets",
+        description="Convert a source into NIfTI images and masks (spacing in the header), a "
+        "MONAI datalist with patient-level folds, manifest.json (provenance, checksums) and "
+        "rejected.csv. Re-running resumes.",
+    )
+    sources = parser.add_subparsers(dest="source", required=True)
+    dicom = sources.add_parser("dicom", help="a tree of ultrasound DICOM exports")
+    _split_arguments(dicom)
+    dicom.add_argument("--masks", type=Path, help="folder of PNG masks (DICOM SEG: in the tree)")
+    dicom.add_argument("--labels", type=Path, help="labels CSV keyed by file or sop_instance_uid")
+    dicom.add_argument("--scheme", choices=["acr", "kwak"], default="acr", help="label scheme")
+    dicom.add_argument(
+        "--frames", default="middle", help="cine frames to keep: all, middle, first or a number"
+    )
+    dicom.add_argument("--region", default="largest", help="largest or the n-th 2D region")
+    dicom.add_argument("--salt", help=f"de-identification salt (default: ${SALT_VARIABLE})")
+    dicom.add_argument("--no-deid", action="store_true", help="keep identities (not advised)")
+    dicom.add_argument(
+        "--retain-dates", choices=["none", "modified", "full"], default="none",
+        help="Retain Longitudinal Temporal Information option",
+    )  # fmt: skip
+    dicom.set_defaults(handler=_run_prep, discover=_discover_dicom)
+    _add_dataset_sources(sources)
+    targets = sources.add_parser("targets", help="radiomics targets for a datalist")
+    targets.add_argument("--datalist", type=Path, required=True)
+    targets.add_argument("--workers", type=int, default=1, help="processes")
+    targets.add_argument(
+        "--exclude-fold", type=int, help="also leave this validation fold out of the statistics"
+    )
+    targets.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    targets.set_defaults(handler=_run_targets)
+
+
+def _add_dataset_sources(sources: argparse._SubParsersAction) -> None:
+    """The public-dataset converters."""
+    ddti = sources.add_parser("ddti", help="DDTI: xml/ and images/ (Kwak TI-RADS labels)")
+    _split_arguments(ddti)
+    ddti.add_argument(
+        "--keep-partial", action="store_true", help="also rasterise contours cut by truncation"
+    )
+    ddti.set_defaults(handler=_run_prep, discover=_discover_ddti)
+    tn3k = sources.add_parser("tn3k", help="TN3K: trainval/test image and mask folders")
+    _split_arguments(tn3k)
+    tn3k.add_argument(
+        "--folds-from", choices=["computed", "dataset"], default="computed",
+        help="computed patient/duplicate-safe folds, or the dataset's fold JSON files",
+    )  # fmt: skip
+    tn3k.set_defaults(handler=_run_prep, discover=_discover_tn3k)
+    stanford = sources.add_parser("stanford-cine", help="Stanford AIMI thyroid cine clips (HDF5)")
+    _split_arguments(stanford)
+    stanford.add_argument("--frames", default="middle", help="all, middle, first or a frame")
+    stanford.add_argument("--frame-stride", type=int, default=1, help="with --frames all")
+    stanford.set_defaults(handler=_run_prep, discover=_discover_stanford)
+    folder = sources.add_parser("folder", help="images/, masks/ and a labels CSV")
+    _split_arguments(folder)
+    folder.add_argument("--images", default="images", help="images subfolder of --in")
+    folder.add_argument("--masks", default="masks", help="masks subfolder (same file stems)")
+    folder.add_argument("--labels", type=Path, help="labels CSV keyed by 'image'")
+    folder.add_argument("--scheme", choices=["acr", "kwak"], default="acr", help="label scheme")
+    folder.set_defaults(handler=_run_prep, discover=_discover_folder)
+
+
+def _discover_tn3k(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.images import discover_tn3k
+
+    cases, rejections, extras = discover_tn3k(args.input, folds_from=args.folds_from)
+    header: dict[str, object] = {
+        "name": "tn3k",
+        "description": "TN3K thyroid nodule ultrasound (Gong et al., ISBI 2021)",
+        "source": "tn3k",
+        "tirads_scheme": "acr",
+        "note": "no TI-RADS levels (tirads is null); pathology from label4*.csv when present",
+        **extras,
+    }
+    return list(cases), rejections, header
+
+
+def _discover_stanford(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.stanford import discover_stanford
+    from thyroid_monai.io.dicom import parse_frame_policy
+
+    frames = parse_frame_policy(args.frames)
+    cases, rejections = discover_stanford(args.input, frames=frames, stride=args.frame_stride)
+    header: dict[str, object] = {
+        "name": "stanford-thyroid-cine",
+        "description": "Stanford AIMI thyroid ultrasound cine-clip dataset",
+        "source": "stanford-cine",
+        "tirads_scheme": "acr",
+        "frames": args.frames,
+        "frame_stride": args.frame_stride,
+    }
+    return list(cases), rejections, header
+
+
+def _discover_folder(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.images import discover_folder
+
+    cases, rejections = discover_folder(
+        args.input, images=args.images, masks=args.masks, labels_csv=args.labels,
+        scheme=args.scheme,
+    )  # fmt: skip
+    header: dict[str, object] = {
+        "name": args.input.name,
+        "description": "Image folder converted by thyroid-monai prep folder",
+        "source": "folder",
+        "tirads_scheme": args.scheme,
+    }
+    return list(cases), rejections, header
+
+
+def _discover_ddti(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.ddti import discover_ddti
+
+    cases, rejections = discover_ddti(args.input, keep_partial=args.keep_partial)
+    header: dict[str, object] = {
+        "name": "ddti",
+        "description": "DDTI thyroid ultrasound database (Pedraza et al., SPIE 9287, 2015)",
+        "source": "ddti",
+        "version": "original XML + JPG layout",
+        "tirads_scheme": "kwak",
+        "burned_in_text": "present in the frames, not removed (no region information)",
+    }
+    return list(cases), rejections, header
+
+
+def _fixed_test(args: argparse.Namespace) -> frozenset[str]:
+    if args.test_list is None:
+        return frozenset()
+    lines = args.test_list.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip() for line in lines if line.strip())
+
+
+def _deid_options(args: argparse.Namespace) -> object | None:
+    from thyroid_monai.io.deid import DeidentificationOptions
+
+    if args.no_deid:
+        return None
+    salt = args.salt or os.environ.get(SALT_VARIABLE)
+    if not salt:
+        raise SystemExit(
+            f"prep dicom: de-identification needs a secret salt: --salt or ${SALT_VARIABLE} "
+            "(the same salt gives the same pseudonyms and UIDs on every run)"
+        )
+    return DeidentificationOptions(salt=salt, retain_dates=args.retain_dates)
+
+
+def _discover_dicom(
+    args: argparse.Namespace,
+) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
+    from data_prep.dicom import discover_dicom
+    from thyroid_monai.io.dicom import parse_frame_policy
+
+    deid = _deid_options(args)
+    region: str | int = args.region if args.region == "largest" else int(args.region)
+    cases, rejections = discover_dicom(
+        args.input, args.out, masks_dir=args.masks, labels_csv=args.labels,
+        frames=parse_frame_policy(args.frames), region=region,  # type: ignore[arg-type]
+        scheme=args.scheme, deid=deid,  # type: ignore[arg-type]
+    )  # fmt: skip
+    header: dict[str, object] = {
+        "name": "dicom-ultrasound",
+        "description": "Ultrasound DICOM exports converted by thyroid-monai prep dicom",
+        "source": "dicom",
+        "tirads_scheme": args.scheme,
+        "deidentified": deid is not None,
+        "frames": args.frames,
+        "region": args.region,
+    }
+    return list(cases), rejections, header
+
+
+def convert_source(args: argparse.Namespace) -> ConversionResult:
+    """Runs the converter chosen on the command line (see :func:`_run_prep`)."""
+    from data_prep.convert import SplitOptions, convert_dataset
+
+    cases, rejections, header = args.discover(args)
+    # Paths may name patients: a de-identified dataset records none of them in its manifest.
+    hide_paths = bool(header.get("deidentified"))
+    options = {
+        k: ((None if hide_paths else str(v)) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("handler", "discover", "salt", "no_progress")
+    }
+    split = SplitOptions(
+        folds=args.folds, test_fraction=args.test_fraction, seed=args.seed,
+        fixed_test=_fixed_test(args) | frozenset(header.pop("fixed_test", ())),
+        keep_folds=bool(header.pop("keep_folds", False)),
+    )  # fmt: skip
+    return convert_dataset(
+        cases, rejections, args.out, header=header, split=split, options=options,
+        workers=args.workers, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def _run_prep(args: argparse.Namespace) -> int:
+    try:
+        result = convert_source(args)
+    except (ValueError, FileNotFoundError) as error:  # bad input or settings, named in the text
+        print(f"prep {args.source}: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"prep {args.source}: {result.samples} images from {result.converted} new and "
+        f"{result.reused} reused cases; {len(result.rejected)} rejected "
+        f"(see {args.out / 'rejected.csv'})"
+    )
+    if not result.ok:
+        print(f"prep {args.source}: nothing converted", file=sys.stderr)
+        return 1
+    print(f"datalist: {result.datalist}")
+    return 0
+
+
+def _run_targets(args: argparse.Namespace) -> int:
+    from data_prep.targets import write_radiomics_targets
+
+    summary = write_radiomics_targets(
+        args.datalist, workers=args.workers, exclude_fold=args.exclude_fold,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"prep targets: {summary.items} items, {summary.computed} computed, "
+        f"{summary.cached} from the cache; statistics in {summary.stats_path}"
+    )
+    return 0
+
+
+def _add_audit(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        help="fail if a prepared dataset still holds identifying information",
+        description="Check every DICOM file (PS3.15 basic profile, private tags, overlays, "
+        "pixels outside the ultrasound regions) and NIfTI header under a folder.",
+    )
+    parser.add_argument("folder", type=Path)
+    parser.set_defaults(handler=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from data_prep.audit import audit_folder
+
+    report = audit_folder(args.folder)
+    for problem in report.problems:
+        print(problem)
+    checked = f"{report.dicom_files} DICOM and {report.nifti_files} NIfTI files"
+    if report.passed:
+        print(f"audit passed: {checked}, nothing identifying found")
+        return 0
+    reason = f"{len(report.problems)} problems" if report.problems else "no file to check"
+    print(f"audit FAILED: {checked}, {reason}", file=sys.stderr)
+    return 1
+
+
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="synthesise, train, evaluate and show where the MLflow run is",
-        description="The main job: a phantom dataset, a few epochs of multitask training through "
+        help="synthesise, export as DICOM, prepare, train, evaluate, show the MLflow run",
+        description="The main job: a phantom exported as ultrasound DICOM with fake identities, "
+        "converted and de-identified by prep dicom, a few epochs of multitask training through "
         "the MONAI bundle (tracked in MLflow), evaluation on held-out patients.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
@@ -122,22 +409,38 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, default=128, help="network input size")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="phantom rendering processes")
+    parser.add_argument("--workers", type=int, default=2, help="conversion processes")
     parser.set_defaults(handler=_run_demo)
 
 
-def _synthesise_once(data_dir: Path, count: int, config: PhantomConfig, workers: int) -> Path:
-    """Writes the phantom unless the same dataset is already there (it would be byte-identical)."""
-    from data_prep.phantom import write_phantom_dataset
+def _prepare_demo_data(run_dir: Path, count: int, config: PhantomConfig, workers: int) -> Path:
+    """Phantom -> DICOM export (fake identities burned in) -> ``prep dicom`` -> PHI audit."""
+    from data_prep.audit import audit_folder
+    from data_prep.phantom_dicom import export_is_current, export_phantom_dicom
 
-    datalist = data_dir / "datalist.json"
-    if datalist.is_file():
-        existing = json.loads(datalist.read_text())
-        same_config = existing.get("phantom") == json.loads(json.dumps(config.to_dict()))
-        if same_config and existing.get("numTraining", 0) + existing.get("numTest", 0) == count:
-            print(f"phantom: reusing {datalist}")
-            return datalist
-    return write_phantom_dataset(data_dir, count, config, workers=workers)
+    export, data_dir = run_dir / "export", run_dir / "data"
+    if export_is_current(export, count, config):
+        print(f"      reusing the DICOM export in {export}")
+    else:
+        export_phantom_dicom(export, count, config)
+    print(f"[2/4] prep dicom (de-identified, cropped to the tissue region) -> {data_dir}")
+    args = argparse.Namespace(
+        source="dicom", input=export, out=data_dir, masks=None, labels=export / "labels.csv",
+        scheme="acr", frames="middle", region="largest", salt=DEMO_SALT, no_deid=False,
+        retain_dates="none", folds=5, test_fraction=0.2, test_list=None, seed=config.seed,
+        workers=workers, no_progress=True, discover=_discover_dicom,
+    )  # fmt: skip
+    result = convert_source(args)
+    if not result.ok or result.datalist is None:
+        raise RuntimeError(f"prep dicom converted nothing from {export}; see rejected.csv")
+    report = audit_folder(data_dir)
+    if not report.passed:
+        raise RuntimeError(f"PHI audit of {data_dir} failed: {report.problems[:3]}")
+    print(
+        f"      {result.samples} images ({result.reused} reused), {len(result.rejected)} rejected;"
+        f" audit passed on {report.dicom_files} DICOM and {report.nifti_files} NIfTI files"
+    )
+    return data_dir
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -148,9 +451,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     run_dir: Path = args.out
-    data_dir = run_dir / "data"
-    print(f"[1/3] phantom: {args.n} images, 3 readers, moderate variability -> {data_dir}")
-    _synthesise_once(data_dir, args.n, PhantomConfig(seed=args.seed), args.workers)
+    print(f"[1/4] phantom: {args.n} images, 3 readers -> DICOM export with fake identities")
+    data_dir = _prepare_demo_data(run_dir, args.n, PhantomConfig(seed=args.seed), args.workers)
 
     run_name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     shutil.rmtree(run_dir / "models", ignore_errors=True)  # checkpoints of an earlier demo
@@ -159,7 +461,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "seed": args.seed,
     }
-    print(f"[2/3] training {args.epochs} epochs through the bundle (MLflow run '{run_name}')")
+    print(f"[3/4] training {args.epochs} epochs through the bundle (MLflow run '{run_name}')")
     run_bundle(
         ["train.yaml", "progress.yaml"],
         run_dir=run_dir,
@@ -167,7 +469,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         quiet=True,
         overrides={**common, "max_epochs": args.epochs, "run_name": run_name},
     )
-    print("[3/3] evaluating the best checkpoint on the held-out test patients")
+    print("[4/4] evaluating the best checkpoint on the held-out test patients")
     run_bundle(
         ["train.yaml", "evaluate.yaml"],
         run_dir=run_dir,
@@ -209,6 +511,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sync(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sync",
+        help="replay tracking records kept locally during a server outage",
+        description="Replay the runs of an offline tracking store (written while the MLflow "
+        "server was unreachable) onto the server. Safe to run twice: nothing is duplicated.",
+    )
+    parser.add_argument("store", type=Path, help="the fallback folder, e.g. runs/x/eval/offline")
+    parser.add_argument("--to", help="tracking server URI (default: the one recorded, then env)")
+    parser.set_defaults(handler=_run_sync)
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from thyroid_monai.offline_tracking import sync_offline_store
+
+    report = sync_offline_store(args.store, args.to)
+    print(report.summary())
+    for key in report.skipped_params:
+        print(f"  param '{key}' differs on the server and was kept there (params are immutable)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``thyroid-monai``."""
     parser = argparse.ArgumentParser(
@@ -217,7 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_synth(subparsers)
+    _add_prep(subparsers)
+    _add_audit(subparsers)
     _add_demo(subparsers)
+    _add_sync(subparsers)
     return parser
 
 

@@ -47,6 +47,12 @@ DESCRIPTORS_READERS: Final = "descriptors_readers"
 RADIOMICS: Final = "radiomics"
 """Standardised radiomics target vector (optional)."""
 
+PATHOLOGY: Final = "pathology"
+"""Histology or cytology outcome when a dataset gives it: ``"benign"`` or ``"malignant"``."""
+
+FRAME: Final = "frame"
+"""1-based frame number of an image taken from a multi-frame DICOM or a cine clip."""
+
 SPACING: Final = "spacing"
 """Pixel spacing in millimetres, ``[x_mm, y_mm]``; absent (or ``None``) when unknown."""
 

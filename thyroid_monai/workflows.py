@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigWorkflow
+
+from thyroid_monai.io.files import atomic_path
 
 BUNDLE_NAME = "thyroid_us_multitask"
 
@@ -46,6 +49,51 @@ def tracking_store(run_dir: str | Path) -> Path:
     return Path(run_dir) / "eval" / "mlruns.db"
 
 
+class OutputFolderError(OSError):
+    """The run folder cannot take the run's outputs (read-only, full, or not a folder)."""
+
+
+def check_output_folder(folder: str | Path, *, min_free_mb: float = 200.0) -> Path:
+    """Fails fast, before any training, if ``folder`` cannot hold checkpoints and logs.
+
+    Args:
+        folder: The run folder (created if missing).
+        min_free_mb: Free space required; a checkpoint of the default model is about 60 MB and
+            the trainer keeps the best one and the latest one.
+
+    Returns:
+        The folder.
+
+    Raises:
+        OutputFolderError: If it cannot be created, is not a folder, is not writable or has less
+            free space than ``min_free_mb``; the message names the folder and the cause.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"the output path {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputFolderError(
+            f"cannot create the output folder {folder}: {error.strerror}"
+        ) from error
+    try:
+        with atomic_path(folder / ".write-test") as probe:
+            probe.write_bytes(b"\0" * 4096)
+        (folder / ".write-test").unlink()
+    except OSError as error:
+        raise OutputFolderError(
+            f"the output folder {folder} is not writable: {error.strerror or error}"
+        ) from error
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < min_free_mb:
+        raise OutputFolderError(
+            f"the output folder {folder} has {free_mb:.1f} MB free; a run needs at least "
+            f"{min_free_mb:.0f} MB for checkpoints and tracking"
+        )
+    return folder
+
+
 def run_bundle(
     config_names: Sequence[str],
     *,
@@ -70,6 +118,7 @@ def run_bundle(
     Returns:
         The finished workflow (its parser holds the resolved config).
     """
+    check_output_folder(run_dir)
     bundle = Path(bundle_dir) if bundle_dir else default_bundle_dir()
     configs = [str(bundle / "configs" / name) for name in config_names]
     workflow = ConfigWorkflow(

@@ -1,4 +1,6 @@
-"""The main job end to end, small: phantom -> bundle training with MLflow -> test evaluation."""
+"""The main job end to end, small: phantom -> DICOM export -> prep dicom -> training -> test."""
+
+import json
 
 import mlflow
 
@@ -13,6 +15,12 @@ def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path
     assert code == 0
     printed = capsys.readouterr().out
     assert "Dice (nodule mask)" in printed
+    assert "audit passed" in printed
+    assert len(list((run_dir / "export").rglob("*_seg.dcm"))) == 24  # masks as DICOM SEG
+    datalist = json.loads((run_dir / "data" / "datalist.json").read_text())
+    assert datalist["source"] == "dicom"
+    assert datalist["deidentified"]
+    assert all(i["patient"].startswith("ANON-") for i in datalist["training"])
     assert f"mlflow ui --backend-store-uri {sqlite_uri(tracking_store(run_dir))}" in printed
 
     client = mlflow.MlflowClient(sqlite_uri(tracking_store(run_dir)))

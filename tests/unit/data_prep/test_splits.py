@@ -46,3 +46,20 @@ def test_errors_are_clear():
         assign_folds([{"image": "a"}], folds=2)
     with pytest.raises(ValueError, match="fraction"):
         split_holdout(items(), fraction=1.5)
+
+
+def test_duplicates_join_patients_and_fixed_test_takes_whole_groups():
+    from data_prep.splits import duplicate_groups, split_dataset
+
+    items = [{"patient": f"p{i}", "case_id": f"c{i}", "tirads": "TR3"} for i in range(12)]
+    digests = [f"d{i}" for i in range(12)]
+    digests[5] = digests[1]  # p1 and p5 share an image
+    digests[9] = digests[5]  # ... and p9 through p5
+    groups = duplicate_groups(items, digests)
+    assert groups[1] == groups[5] == groups[9] != groups[2]
+    training, testing = split_dataset(items, digests=digests, folds=3, test_fraction=0.0)
+    fold = {i["patient"]: i["fold"] for i in training}
+    assert fold["p1"] == fold["p5"] == fold["p9"]
+    training, testing = split_dataset(items, digests=digests, folds=3, fixed_test={"c9"})
+    assert sorted(i["case_id"] for i in testing) == ["c1", "c5", "c9"]
+    assert all("fold" not in i for i in testing)

@@ -1,0 +1,297 @@
+"""Converter ``dicom``: a tree of ultrasound DICOM exports, optional masks and labels.
+
+Input:
+
+- ``--in``: a folder tree of DICOM files (any names). Ultrasound images (US Image Storage and US
+  Multi-frame Image Storage, retired UIDs too) become cases; DICOM SEG files anywhere in the tree
+  are masks for the single-frame images they reference (cines take PNG masks); anything else is
+  listed in ``rejected.csv``.
+- ``--masks``: optional PNG masks, full-frame or already cropped, named after the image's path
+  relative to ``--in`` without its suffix (``study1/img3.png``), with ``_f<frame>`` for one frame
+  of a cine (``study1/cine_f12.png``), or after its SOP Instance UID. Values above half the
+  maximum are nodule.
+- ``--labels``: optional CSV keyed by ``file`` (path relative to ``--in``) or
+  ``sop_instance_uid``, with ``tirads``, the ACR descriptor columns, ``pathology`` and
+  ``patient`` (see :func:`data_prep.convert.label_fields`).
+
+Cines keep their middle frame unless ``--frames`` says otherwise (``all`` turns every frame into an
+image; the patient grouping keeps them in one fold).
+
+De-identification is on by default (PS3.15 basic profile with Clean Pixel Data, salted
+pseudonyms): patients become ``ANON-...`` pseudonyms, case IDs derive from the salted SOP Instance
+UID, the manifest records source checksums but no source paths, and a de-identified copy of every
+file goes to ``dicom/`` for the audit. Images are cropped to the 2D tissue region either way.
+``rejected.csv`` still names the refused source files, for the data owner: keep it with the
+sources rather than with the shared dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from data_prep.convert import (
+    ConversionError,
+    Rejection,
+    Sample,
+    SourceCase,
+    file_sha256,
+    label_fields,
+    read_labels_csv,
+    safe_name,
+)
+from thyroid_monai import keys
+from thyroid_monai.io.deid import (
+    DeidentificationError,
+    DeidentificationOptions,
+    deidentify,
+    pseudonym,
+)
+from thyroid_monai.io.dicom import (
+    ULTRASOUND_SOP_CLASSES,
+    DicomReadError,
+    FramePolicy,
+    RegionPolicy,
+    UltrasoundImage,
+    read_dataset,
+    read_ultrasound,
+    sop_class_name,
+)
+from thyroid_monai.io.files import atomic_path
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@dataclass
+class DicomCase(SourceCase):
+    """One ultrasound DICOM file and what belongs to it."""
+
+    path: Path
+    root: Path
+    key: str
+    files: tuple[Path, ...]
+    out_dir: Path
+    frames: FramePolicy
+    region: RegionPolicy
+    scheme: str
+    labels: dict[str, str] | None
+    masks_dir: Path | None
+    segmentation: Path | None
+    deid: DeidentificationOptions | None
+
+    def provenance(self) -> list[dict[str, Any]]:
+        """Source checksums; without paths when de-identifying (paths may name patients)."""
+        if self.deid is None:
+            return super().provenance()
+        return [{"path": None, "sha256": file_sha256(f)} for f in self.files]
+
+    def convert(self) -> list[Sample]:
+        """Reads, (de-identifies,) crops and labels every kept frame."""
+        try:
+            image = read_ultrasound(self.path, frames=self.frames, region=self.region)
+        except DicomReadError as error:
+            raise ConversionError(str(error)) from None
+        dataset = image.dataset
+        assert dataset is not None
+        labels = self.labels or {}
+        original_patient = labels.get("patient") or str(dataset.get("PatientID", "") or "")
+        if not original_patient:
+            raise ConversionError(f"{self.path}: no Patient ID and no 'patient' in the labels CSV")
+        if self.deid is not None:
+            patient = pseudonym(original_patient, self.deid.salt)
+            digest = hashlib.sha256(f"{self.deid.salt}\x00{image.sop_instance_uid}".encode())
+            stem = f"{patient}_{digest.hexdigest()[:10]}"
+            self._write_deidentified(stem, dataset)
+        else:
+            patient = original_patient
+            stem = safe_name(str(Path(self.key).with_suffix("")))
+        fields = (
+            label_fields(labels, self.scheme, str(self.path)) if labels else {keys.TIRADS: None}
+        )
+        samples = []
+        for frame in image.frames:
+            multi = image.number_of_frames > 1
+            extra = {keys.FRAME: frame.number} if multi else {}
+            samples.append(
+                Sample(
+                    case_id=f"{stem}_f{frame.number:03d}" if multi else stem,
+                    patient=patient,
+                    image=frame.image,
+                    spacing_mm=image.spacing_mm,
+                    mask=self._mask(image, frame.number),
+                    fields={**fields, **extra, keys.SOURCE: "dicom"},
+                )
+            )
+        return samples
+
+    def _write_deidentified(self, stem: str, dataset: Any) -> None:
+        assert self.deid is not None
+        try:
+            clean = deidentify(dataset, self.deid)
+        except DeidentificationError as error:
+            raise ConversionError(f"{self.path}: {error}") from None
+        with atomic_path(self.out_dir / "dicom" / f"{stem}.dcm") as temporary:
+            clean.save_as(temporary, enforce_file_format=True)
+
+    def _mask(self, image: UltrasoundImage, frame: int) -> np.ndarray | None:
+        full = (
+            self._segmentation_mask(image, frame)
+            if self.segmentation
+            else self._png_mask(image, frame)
+        )
+        if full is None:
+            return None
+        rows, cols = int(image.dataset.Rows), int(image.dataset.Columns)  # type: ignore[union-attr]
+        cropped_shape = image.frames[0].image.shape
+        if full.shape == (rows, cols):
+            return image.crop_array(full)
+        if full.shape == cropped_shape:
+            return full
+        raise ConversionError(
+            f"{self.path}: mask of shape {full.shape} fits neither the frame {(rows, cols)} nor "
+            f"the cropped image {cropped_shape}"
+        )
+
+    def _png_mask(self, image: UltrasoundImage, frame: int) -> np.ndarray | None:
+        if self.masks_dir is None:
+            return None
+        stem = Path(self.key).with_suffix("")
+        candidates = [
+            self.masks_dir / f"{stem}_f{frame}.png",
+            self.masks_dir / f"{stem}.png",
+            self.masks_dir / f"{image.sop_instance_uid}.png",
+        ]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            return None
+        try:
+            values = np.asarray(Image.open(path).convert("L"))
+        except OSError as error:
+            raise ConversionError(f"{path}: unreadable mask ({error})") from None
+        top = int(values.max())
+        return values > (top / 2 if top > 1 else 0)
+
+    def _segmentation_mask(self, image: UltrasoundImage, frame: int) -> np.ndarray:
+        try:
+            import highdicom as hd
+        except ImportError:
+            raise ConversionError(
+                "DICOM SEG masks need highdicom; install the 'dicom' extra: "
+                "pip install 'thyroid-monai[dicom]'"
+            ) from None
+        if image.number_of_frames > 1:
+            # highdicom places SEG frames of a multi-frame source by its frame of reference, which
+            # ultrasound cines lack; per-frame PNG masks cover that case.
+            raise ConversionError(
+                f"{self.segmentation}: DICOM SEG masks of multi-frame images are not supported; "
+                "give PNG masks named <file>_f<frame>.png"
+            )
+        try:
+            segmentation = hd.seg.segread(str(self.segmentation))
+            pixels = segmentation.get_pixels_by_source_instance(
+                [image.sop_instance_uid], combine_segments=True
+            )
+        except Exception as error:  # highdicom raises several types for unusable SEGs
+            raise ConversionError(f"{self.segmentation}: unusable DICOM SEG ({error})") from None
+        return np.asarray(pixels[0]) > 0
+
+
+def _referenced_instances(dataset: Any) -> list[str]:
+    uids: list[str] = []
+    for series in dataset.get("ReferencedSeriesSequence", []):
+        uids.extend(
+            str(i.ReferencedSOPInstanceUID) for i in series.get("ReferencedInstanceSequence", [])
+        )
+    return uids
+
+
+def discover_dicom(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    masks_dir: str | Path | None = None,
+    labels_csv: str | Path | None = None,
+    frames: FramePolicy = "middle",
+    region: RegionPolicy = "largest",
+    scheme: str = "acr",
+    deid: DeidentificationOptions | None = None,
+) -> tuple[list[DicomCase], list[Rejection]]:
+    """Finds the ultrasound images, their SEG masks and labels under ``in_dir``.
+
+    Returns:
+        The cases and the files refused while looking (non-DICOM, other SOP classes).
+
+    Raises:
+        FileNotFoundError: If ``in_dir`` (or a given masks folder or labels file) is missing.
+    """
+    root = Path(in_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder not found: {root}")
+    masks = Path(masks_dir) if masks_dir else None
+    if masks is not None and not masks.is_dir():
+        raise FileNotFoundError(f"masks folder not found: {masks}")
+    labels = read_labels_csv(labels_csv, ["file", "sop_instance_uid"]) if labels_csv else {}
+    skip = {Path(labels_csv).resolve()} if labels_csv else set()
+    images: list[tuple[Path, str]] = []
+    segmentations: dict[str, Path] = {}
+    rejections = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.resolve() in skip or (
+            masks is not None and masks.resolve() in path.resolve().parents
+        ):
+            continue
+        try:
+            dataset = read_dataset(path, stop_before_pixels=True)
+            sop_class = str(dataset.get("SOPClassUID", ""))
+            if sop_class == SEGMENTATION_STORAGE:
+                for uid in _referenced_instances(dataset):
+                    segmentations[uid] = path
+            elif sop_class in ULTRASOUND_SOP_CLASSES:
+                images.append((path, str(dataset.get("SOPInstanceUID", ""))))
+            else:
+                rejections.append(
+                    Rejection(
+                        relative.as_posix(),
+                        f"not an ultrasound image (SOP class {sop_class_name(sop_class) or '?'})",
+                    )
+                )
+        except DicomReadError as error:
+            rejections.append(Rejection(relative.as_posix(), str(error)))
+        except Exception as error:  # a header damaged beyond what read_dataset reports
+            rejections.append(Rejection(relative.as_posix(), f"damaged DICOM data ({error})"))
+    cases = []
+    for path, uid in images:
+        key = path.relative_to(root).as_posix()
+        row = labels.get(key) or labels.get(uid)
+        segmentation = segmentations.get(uid)
+        pngs: list[Path] = []
+        if masks is not None:
+            stem = Path(key).with_suffix("")
+            pngs = sorted((masks / stem.parent).glob(f"{stem.name}*.png"))
+            pngs += [p for p in [masks / f"{uid}.png"] if p.is_file()]
+        files = (path,) + ((segmentation,) if segmentation else ()) + tuple(pngs)
+        cases.append(
+            DicomCase(
+                path=path,
+                root=root,
+                key=key,
+                files=files,
+                out_dir=Path(out_dir),
+                frames=frames,
+                region=region,
+                scheme=scheme,
+                labels=row,
+                masks_dir=masks,
+                segmentation=segmentation,
+                deid=deid,
+            )
+        )
+    return cases, rejections

@@ -1,0 +1,161 @@
+"""``prep targets``: radiomics targets for every item of a datalist.
+
+For each item with a mask the raw feature vector of :mod:`thyroid_monai.radiomics` is computed in a
+process pool (with a progress bar) and cached under ``.radiomics_cache/`` beside the datalist,
+keyed by a hash of the image and mask file contents, the spacing, the settings and the feature-set
+version: a re-run computes nothing. The z-score statistics are fitted on the ``training`` items
+only (optionally leaving one validation fold out too) and saved in ``radiomics_stats.json``
+beside the datalist, which gains per item ``"radiomics": [standardised floats or null]`` and the
+header ``"radiomics": {"features", "stats", "standardisation", "settings", ...}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from data_prep.convert import file_sha256
+from thyroid_monai import keys
+from thyroid_monai.data import load_datalist
+from thyroid_monai.io.files import write_json_atomic
+from thyroid_monai.io.nifti import read_nifti_2d
+from thyroid_monai.radiomics import (
+    FEATURE_SET_VERSION,
+    FEATURES,
+    RadiomicsSettings,
+    Standardisation,
+    compute_features,
+)
+
+CACHE = ".radiomics_cache"
+STATS_FILE = "radiomics_stats.json"
+
+
+@dataclass
+class TargetsSummary:
+    """What a ``prep targets`` run did."""
+
+    items: int
+    computed: int
+    cached: int
+    stats_path: Path
+
+
+def _cache_key(item: dict[str, Any], base: Path, settings: RadiomicsSettings) -> str:
+    payload = {
+        "version": FEATURE_SET_VERSION,
+        "features": list(FEATURES),
+        "settings": settings.to_dict(),
+        "spacing": item.get(keys.SPACING),
+        "image": file_sha256(base / item[keys.IMAGE]),
+        "mask": file_sha256(base / item[keys.LABEL]),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _compute(
+    task: tuple[str, str, list[float] | None, RadiomicsSettings, str],
+) -> list[float | None]:
+    image_path, mask_path, spacing, settings, cache_path = task
+    image, _ = read_nifti_2d(image_path)
+    mask, _ = read_nifti_2d(mask_path)
+    values = compute_features(image, mask, spacing, settings)
+    write_json_atomic(cache_path, {"features": list(FEATURES), "values": values})
+    return values
+
+
+def write_radiomics_targets(
+    datalist_path: str | Path,
+    *,
+    settings: RadiomicsSettings | None = None,
+    workers: int = 1,
+    exclude_fold: int | None = None,
+    progress: bool = True,
+) -> TargetsSummary:
+    """Adds standardised radiomics targets to a datalist (rewritten atomically).
+
+    Args:
+        datalist_path: The datalist JSON.
+        settings: Feature settings.
+        workers: Processes computing features.
+        exclude_fold: A validation fold also left out of the statistics.
+        progress: Show a progress bar.
+
+    Returns:
+        Counts and the statistics file.
+
+    Raises:
+        ValueError: If no training item has a mask to fit the statistics on.
+    """
+    settings = settings or RadiomicsSettings()
+    path = Path(datalist_path)
+    datalist = load_datalist(path)
+    base = path.parent
+    items = datalist["training"] + datalist.get("testing", [])
+    raw: dict[int, list[float | None]] = {}
+    tasks, pending = [], []
+    for index, item in enumerate(items):
+        if not item.get(keys.LABEL):
+            raw[index] = [None] * len(FEATURES)
+            continue
+        cache_path = base / CACHE / f"{_cache_key(item, base, settings)}.json"
+        if cache_path.is_file():
+            cached = json.loads(cache_path.read_text(encoding="utf-8"))
+            if cached.get("features") == list(FEATURES):
+                raw[index] = cached["values"]
+                continue
+        pending.append(index)
+        tasks.append((str(base / item[keys.IMAGE]), str(base / item[keys.LABEL]),
+                      item.get(keys.SPACING), settings, str(cache_path)))  # fmt: skip
+    cached_count = len(raw) - sum(1 for i in raw if not items[i].get(keys.LABEL))
+    with tqdm(total=len(tasks), desc="radiomics", unit="img", disable=not progress) as bar:
+        if workers > 1 and len(tasks) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for index, values in zip(
+                    pending, pool.map(_compute, tasks, chunksize=2), strict=True
+                ):
+                    raw[index] = values
+                    bar.update(1)
+        else:
+            for index, task in zip(pending, tasks, strict=True):
+                raw[index] = _compute(task)
+                bar.update(1)
+    training_count = len(datalist["training"])
+    fit_on = [
+        raw[i]
+        for i in range(training_count)
+        if items[i].get(keys.LABEL)
+        and (exclude_fold is None or items[i].get(keys.FOLD) != exclude_fold)
+    ]
+    if not fit_on:
+        raise ValueError(f"{path}: no training item with a mask to fit the radiomics statistics on")
+    standardisation = Standardisation.fit(fit_on)
+    for index, item in enumerate(items):
+        item[keys.RADIOMICS] = standardisation.apply(raw[index])
+    fitted = "training items" + (
+        f" outside fold {exclude_fold}" if exclude_fold is not None else ""
+    )
+    stats = {
+        **standardisation.to_dict(),
+        "fit_on": fitted,
+        "items": len(fit_on),
+        "settings": settings.to_dict(),
+        "feature_set_version": FEATURE_SET_VERSION,
+        "raw": {str(items[i].get(keys.CASE_ID, i)): raw[i] for i in sorted(raw)},
+    }
+    stats_path = write_json_atomic(base / STATS_FILE, stats)
+    datalist["radiomics"] = {
+        "features": list(FEATURES),
+        "stats": STATS_FILE,
+        "standardisation": f"z-score with mean and std of the {fitted}; null = not computable",
+        "settings": settings.to_dict(),
+        "feature_set_version": FEATURE_SET_VERSION,
+    }
+    write_json_atomic(path, datalist)
+    return TargetsSummary(len(items), len(tasks), cached_count, stats_path)

@@ -1,0 +1,329 @@
+"""Tracking that survives an unreachable MLflow server, and the replay that puts it back.
+
+Training runs are long; a tracking outage must cost minutes, not results. The bundle's MLflow
+handler is :class:`ResilientMLFlowHandler`:
+
+* at start, a tracking server (``http(s)://``) is probed; if it does not answer, the run is
+  recorded in a local SQLite store (``fallback_dir/mlruns.db``) from the first record on;
+* during the run, the first call that fails because the server is unreachable switches the
+  handler to the same local store, where it continues the run under the same name, tagged with
+  the server's run id; the failed record is written there, so nothing is lost;
+* MLflow's HTTP retries are capped (unless the user set them) so an outage stalls training for
+  seconds, once, rather than minutes at every record;
+* at the end, if the server answers again, the local records are replayed automatically; if not,
+  ``thyroid-monai sync <fallback_dir>`` replays them later. Replay is idempotent: metric points,
+  params and artifacts already on the server are not duplicated, and a run that started on the
+  server continues there under its original id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from ignite.engine import Engine
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from monai.handlers import MLFlowHandler
+
+from thyroid_monai.io.files import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "offline_tracking.json"
+STORE_FILE = "mlruns.db"
+REMOTE_RUN_TAG = "thyroid_monai.remote_run_id"
+SYNCED_TAG = "thyroid_monai.synced_to"
+# Retry settings applied when the user has not chosen their own (MLflow's defaults retry for
+# minutes on every call).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether an exception means the tracking server cannot be reached (not a bad request)."""
+    if isinstance(error, MlflowException):
+        # MLflow wraps connection failures, timeouts and exhausted retries this way; requests it
+        # rejected (4xx) carry the server's own message instead.
+        return str(error).startswith("API request to")
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
+def server_answers(uri: str, timeout: float = 5.0) -> bool:
+    """Whether an ``http(s)`` tracking server answers its health endpoint (other URIs: True)."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def local_store_uri(folder: str | Path) -> str:
+    """``sqlite:///`` URI of the fallback store inside ``folder``."""
+    return f"sqlite:///{(Path(folder) / STORE_FILE).resolve()}"
+
+
+class ResilientMLFlowHandler(MLFlowHandler):
+    """MONAI's ``MLFlowHandler`` that falls back to a local store when the server is unreachable.
+
+    Args:
+        fallback_dir: Folder of the local store used during an outage (created on demand).
+        probe_timeout: Seconds to wait for the server's health endpoint at start.
+        replay_on_close: Replay the local records when the run closes and the server answers.
+        **kwargs: Arguments of ``monai.handlers.MLFlowHandler``.
+    """
+
+    def __init__(
+        self,
+        fallback_dir: str | Path,
+        probe_timeout: float = 5.0,
+        replay_on_close: bool = True,
+        **kwargs: Any,
+    ):
+        for variable, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(variable, value)
+        super().__init__(**kwargs)
+        self.fallback_dir = Path(fallback_dir)
+        self.probe_timeout = probe_timeout
+        self.replay_on_close = replay_on_close
+        self.remote_uri = os.environ.get("MLFLOW_TRACKING_URI") or kwargs.get("tracking_uri") or ""
+        self.offline = False
+
+    def _go_offline(self, reason: BaseException | str) -> None:
+        """Switches every further record to the local store, continuing the same run there."""
+        remote_run_id = self.cur_run.info.run_id if self.cur_run is not None else None
+        store = local_store_uri(self.fallback_dir)
+        self.fallback_dir.mkdir(parents=True, exist_ok=True)
+        logger.warning(
+            "tracking server %s is unreachable (%s); recording to %s. Run `thyroid-monai sync %s` "
+            "once it is back if the records are not replayed automatically.",
+            self.remote_uri,
+            reason,
+            store,
+            self.fallback_dir,
+        )
+        self.offline = True
+        self.client = mlflow.MlflowClient(tracking_uri=store)
+        self.artifact_location = (self.fallback_dir / "mlruns").resolve().as_uri()
+        self.experiment = None
+        self.cur_run = None
+        _write_state(self.fallback_dir, self.remote_uri, pending=True)
+        if remote_run_id is not None:
+            # The run had started on the server: continue it locally, tagged with the server's id
+            # so the replay appends to that run. The trainer's and the validator's handlers find
+            # the same local run through that tag.
+            self._set_experiment()
+            assert self.experiment is not None
+            existing = self.client.search_runs(
+                [self.experiment.experiment_id],
+                filter_string=f"tags.`{REMOTE_RUN_TAG}` = '{remote_run_id}'",
+            )
+            running = [run for run in existing if run.info.status == "RUNNING"]
+            self.cur_run = (
+                running[0]
+                if running
+                else self.client.create_run(
+                    self.experiment.experiment_id,
+                    run_name=self.run_name,
+                    tags={REMOTE_RUN_TAG: remote_run_id},
+                )
+            )
+
+    def _resilient(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as error:
+            if self.offline or not is_unreachable(error):
+                raise
+            self._go_offline(error)
+            call()
+
+    def start(self, engine: Engine) -> None:
+        """Probes the server first; starts the run on it or in the local store."""
+        if not self.offline and not server_answers(self.remote_uri, self.probe_timeout):
+            self._go_offline("no answer from its health endpoint")
+        self._resilient(lambda: super(ResilientMLFlowHandler, self).start(engine))
+
+    def epoch_completed(self, engine: Engine) -> None:
+        """Logs epoch metrics, locally if the server has gone away."""
+        self._resilient(lambda: super(ResilientMLFlowHandler, self).epoch_completed(engine))
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """Logs iteration values, locally if the server has gone away."""
+        self._resilient(lambda: super(ResilientMLFlowHandler, self).iteration_completed(engine))
+
+    def complete(self) -> None:
+        """Logs the artifacts, locally if the server has gone away."""
+        self._resilient(super().complete)
+
+    def close(self) -> None:
+        """Ends the run; replays the local records if the server answers again."""
+        self._resilient(super().close)
+        if self.offline and self.replay_on_close and server_answers(self.remote_uri):
+            try:
+                report = sync_offline_store(self.fallback_dir, self.remote_uri)
+                logger.warning("tracking server is back: %s", report.summary())
+            except Exception as error:  # the records stay local; sync can be run by hand
+                if not is_unreachable(error):
+                    raise
+                logger.warning(
+                    "replay to %s failed (%s); run `thyroid-monai sync`", self.remote_uri, error
+                )
+
+
+def _write_state(folder: Path, remote_uri: str, *, pending: bool) -> None:
+    write_json_atomic(folder / STATE_FILE, {"target_uri": remote_uri, "pending": pending})
+
+
+def _read_state(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / STATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def recorded_target(folder: str | Path) -> str | None:
+    """The server a fallback store was meant for, if it recorded one."""
+    target = _read_state(folder).get("target_uri")
+    return str(target) if target else None
+
+
+def needs_sync(folder: str | Path) -> bool:
+    """Whether a fallback store holds records not yet replayed onto its server."""
+    return bool(_read_state(folder).get("pending", False))
+
+
+@dataclass
+class SyncReport:
+    """What a replay copied."""
+
+    runs: list[str] = field(default_factory=list)
+    metrics: int = 0
+    params: int = 0
+    artifacts: int = 0
+    skipped_params: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for people."""
+        return (
+            f"{len(self.runs)} run(s) replayed: {self.metrics} metric points, "
+            f"{self.params} params, {self.artifacts} artifact file(s)"
+        )
+
+
+def _remote_experiment(client: mlflow.MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(client.create_experiment(name))
+
+
+def _remote_run(client: mlflow.MlflowClient, experiment_id: str, local: mlflow.entities.Run) -> str:
+    wanted = local.data.tags.get(REMOTE_RUN_TAG)
+    if wanted:
+        try:
+            return str(client.get_run(wanted).info.run_id)
+        except MlflowException as error:
+            if is_unreachable(error):
+                raise
+    created = client.create_run(experiment_id, run_name=local.info.run_name)
+    return str(created.info.run_id)
+
+
+def _copy_run(
+    local_client: mlflow.MlflowClient,
+    remote_client: mlflow.MlflowClient,
+    local: mlflow.entities.Run,
+    remote_run_id: str,
+    report: SyncReport,
+) -> None:
+    run_id = local.info.run_id
+    remote = remote_client.get_run(remote_run_id)
+    params = []
+    for key, value in local.data.params.items():
+        if key not in remote.data.params:
+            params.append(Param(key, value))
+        elif remote.data.params[key] != value:
+            report.skipped_params.append(key)  # MLflow params are immutable; the server keeps its
+    metrics = []
+    for key in local.data.metrics:
+        present = {
+            (m.step, m.timestamp, m.value) for m in _history(remote_client, remote_run_id, key)
+        }
+        metrics += [
+            Metric(key, m.value, m.timestamp, m.step)
+            for m in _history(local_client, run_id, key)
+            if (m.step, m.timestamp, m.value) not in present
+        ]
+    tags = [
+        RunTag(key, value)
+        for key, value in local.data.tags.items()
+        if not key.startswith("mlflow.") and key != REMOTE_RUN_TAG
+    ]
+    for start in range(0, max(len(metrics), 1), 1000):
+        chunk = metrics[start : start + 1000]
+        remote_client.log_batch(
+            remote_run_id,
+            metrics=chunk,
+            params=params if start == 0 else [],
+            tags=tags if start == 0 else [],
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        if local_client.list_artifacts(run_id):
+            downloaded = Path(local_client.download_artifacts(run_id, "", folder))
+            report.artifacts += sum(1 for p in downloaded.rglob("*") if p.is_file())
+            remote_client.log_artifacts(remote_run_id, str(downloaded))
+    if local.info.status != "RUNNING":
+        remote_client.set_terminated(remote_run_id, local.info.status, local.info.end_time)
+    report.metrics += len(metrics)
+    report.params += len(params)
+    report.runs.append(remote_run_id)
+
+
+def _history(client: mlflow.MlflowClient, run_id: str, key: str) -> list[Metric]:
+    return list(client.get_metric_history(run_id, key))
+
+
+def sync_offline_store(folder: str | Path, target_uri: str | None = None) -> SyncReport:
+    """Replays every run of a fallback store onto a tracking server.
+
+    Args:
+        folder: The fallback folder (holding ``mlruns.db``).
+        target_uri: The server; defaults to the one recorded when the store was created, then to
+            ``MLFLOW_TRACKING_URI``.
+
+    Returns:
+        What was copied.
+
+    Raises:
+        FileNotFoundError: If the folder holds no fallback store.
+        ValueError: If no target server is known.
+        MlflowException: If the server is still unreachable (nothing is marked as synced).
+    """
+    folder = Path(folder)
+    if not (folder / STORE_FILE).is_file():
+        raise FileNotFoundError(f"no offline tracking store in {folder} (expected {STORE_FILE})")
+    target = target_uri or recorded_target(folder) or os.environ.get("MLFLOW_TRACKING_URI")
+    if not target:
+        raise ValueError(f"no target server for {folder}: pass one or set MLFLOW_TRACKING_URI")
+    local_client = mlflow.MlflowClient(local_store_uri(folder))
+    remote_client = mlflow.MlflowClient(target)
+    report = SyncReport()
+    for experiment in local_client.search_experiments():
+        runs = local_client.search_runs([experiment.experiment_id], max_results=10_000)
+        for local in runs:
+            if local.data.tags.get(SYNCED_TAG):
+                continue
+            experiment_id = _remote_experiment(remote_client, experiment.name)
+            remote_run_id = _remote_run(remote_client, experiment_id, local)
+            _copy_run(local_client, remote_client, local, remote_run_id, report)
+            local_client.set_tag(local.info.run_id, SYNCED_TAG, remote_run_id)
+    _write_state(folder, target, pending=False)
+    return report
