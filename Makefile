@@ -47,7 +47,7 @@ $(BIN)/python:
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
 	$(MAKE) --no-print-directory pyradiomics
-	$(PIP) install --quiet -e ".[dev,dicom,datasets,radiomics]"
+	$(PIP) install --quiet -e ".[dev,dicom,datasets,radiomics,mtl]"
 	touch $@
 
 # Optional extra: pyradiomics for the radiomics targets (`pip install .[radiomics]` needs these flags).

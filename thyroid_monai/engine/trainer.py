@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from monai.utils.enums import CommonKeys as Keys
 from thyroid_monai import keys
 from thyroid_monai.engine.prepare import MultitaskPrepareBatch
 from thyroid_monai.mtl.base import GradientMethod, WeightedSum
+from thyroid_monai.mtl.distributed import all_reduce_gradients, is_data_parallel, local_gradients
 
 
 class EpochScalarMeans:
@@ -119,6 +121,10 @@ class MultitaskTrainer(SupervisedTrainer):
             return None
         return {task: [p for p in ps if p.requires_grad] for task, ps in declared().items()}
 
+    def optimised_params(self) -> list[torch.Tensor]:
+        """Every parameter the optimiser steps (network and gradient-method parameters)."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -128,6 +134,10 @@ class MultitaskTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets.get(keys.SEG)}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        # Under DDP, forward and the gradient method run without gradient synchronisation; the
+        # combined gradient is all-reduced once below (thyroid_monai.mtl.distributed).
+        deferred_sync = ExitStack()
+        deferred_sync.enter_context(local_gradients(engine.network))
 
         outputs = engine.inferer(inputs, engine.network)
         engine.state.output[Keys.PRED] = outputs.get(keys.SEG)
@@ -148,6 +158,9 @@ class MultitaskTrainer(SupervisedTrainer):
             latent=outputs.get(keys.LATENT),
             epoch=engine.state.epoch,
         )
+        deferred_sync.close()
+        if is_data_parallel(engine.network):
+            all_reduce_gradients(self.optimised_params())
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.optimizer.step()
 

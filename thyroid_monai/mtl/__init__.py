@@ -1,10 +1,52 @@
-"""Multitask optimisation: gradient methods behind one interface and one registry."""
+"""Multitask optimisation: gradient methods behind one interface and one registry.
 
+``sum`` (plain multitask learning, equal weights by default), ``uncertainty`` and ``gradnorm``
+(loss weighting), ``camegrad`` (CAME-Grad) and, through torchjd (``mtl`` extra), ``pcgrad``,
+``cagrad``, ``mgda``, ``nash_mtl``, ``imtl_g``, ``aligned_mtl`` and ``upgrad``.
+"""
+
+from thyroid_monai.mtl.aggregators import (
+    IMTLG,
+    MGDA,
+    AlignedMTL,
+    CAGrad,
+    NashMTL,
+    PCGrad,
+    TorchJDMethod,
+    UPGrad,
+)
 from thyroid_monai.mtl.base import (
-    GRADIENT_METHODS,
+    Combination,
+    GradientAggregator,
     GradientMethod,
     WeightedSum,
-    build_gradient_method,
+    task_gradients,
 )
+from thyroid_monai.mtl.camegrad import CameGrad, came_grad_coefficients, came_grad_direction
+from thyroid_monai.mtl.diagnostics import gradient_diagnostics
+from thyroid_monai.mtl.registry import GRADIENT_METHODS, build_gradient_method
+from thyroid_monai.mtl.weighting import GradNorm, UncertaintyWeighting
 
-__all__ = ["GRADIENT_METHODS", "GradientMethod", "WeightedSum", "build_gradient_method"]
+__all__ = [
+    "GRADIENT_METHODS",
+    "IMTLG",
+    "MGDA",
+    "AlignedMTL",
+    "CAGrad",
+    "CameGrad",
+    "Combination",
+    "GradNorm",
+    "GradientAggregator",
+    "GradientMethod",
+    "NashMTL",
+    "PCGrad",
+    "TorchJDMethod",
+    "UPGrad",
+    "UncertaintyWeighting",
+    "WeightedSum",
+    "build_gradient_method",
+    "came_grad_coefficients",
+    "came_grad_direction",
+    "gradient_diagnostics",
+    "task_gradients",
+]

@@ -98,7 +98,7 @@ def test_scores_match_scikit_learn():
 
 def test_registry_rejects_unknown_names_and_bad_weights():
     assert isinstance(build_gradient_method("sum"), GradientMethod)
-    with pytest.raises(KeyError, match="registered: sum"):
+    with pytest.raises(KeyError, match=r"registered: .*sum"):
         build_gradient_method("magic")
     with pytest.raises(ValueError, match="non-negative"):
         WeightedSum(task_weights={"seg": -1.0})
