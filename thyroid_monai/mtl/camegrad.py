@@ -241,7 +241,10 @@ class CameGrad(GradientAggregator):
     * ``eps``: "near zero" means a norm at most ``eps`` times the largest task-gradient norm
       (default 1e-8, scale-free). If ``||g_alpha*||`` is near zero, ``u_rect = mu``; if
       ``||mu||`` or ``u_rect`` is, ``u_rect = g_joint``; if that is zero too, Stage 2 gives zero
-      (opposite gradients of equal size with equal weights yield a zero step, never NaN). Stage 2
+      (opposite gradients of equal size with equal weights yield a zero step, never NaN). With
+      ``rho >= 1`` at a Pareto-stationary point (0 in the hull of the task gradients) CAGrad's
+      answer is the zero step; here ``g_alpha* = 0`` means "no conflict-averse correction", so
+      the step is the mean direction, rescaled as always. Stage 2
       divides by ``||u_rect||`` itself once the fallbacks guarantee it is not near zero, so the
       target norm is met exactly.
     * ``max_norm``: clip ``g_final`` to this global norm (0, the default, disables clipping).

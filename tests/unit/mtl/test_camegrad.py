@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torchjd.aggregation import CAGrad
 
 from thyroid_monai.mtl import CameGrad, came_grad_coefficients, came_grad_direction
-from thyroid_monai.mtl.camegrad import JOINT_FALLBACK, _dual_slsqp, _dual_two_tasks
+from thyroid_monai.mtl.camegrad import JOINT_FALLBACK, MEAN_FALLBACK, _dual_slsqp, _dual_two_tasks
 
 PROPERTY = settings(max_examples=40, deadline=None)
 
@@ -58,16 +58,32 @@ def test_vanishing_trust_region_gives_the_mean_direction_at_kappa_times_joint_no
 
 
 @settings(max_examples=25, deadline=None)
-@given(gradient_problems(), st.floats(0.05, 1.5))
+@given(gradient_problems(), st.floats(0.05, 0.95))
 def test_stage_one_is_cagrad_with_c_equal_to_rho(problem, rho):
+    # CAGrad's convergent range is c < 1; rho >= 1 differs on purpose (next test).
     grads, weights = problem
     mean = grads.mean(dim=0)
     assume(float(mean.norm()) > 1e-3 * float(grads.norm(dim=1).max()))
     rectified = came_grad_coefficients(grads @ grads.T, weights, rho=rho).rectified @ grads
     reference = CAGrad(c=rho, norm_eps=0.0)(grads)
-    # torchjd solves the dual with an interior-point solver (tolerance ~1e-7 relative).
-    assert torch.allclose(rectified, reference, rtol=1e-3, atol=1e-3 * float(reference.norm()))
+    # torchjd solves the dual with an interior-point solver whose tolerance is relative to the
+    # scale of the problem, not of the answer: when the CAGrad direction nearly vanishes (rho
+    # large, conflicting tasks) both solvers return "zero" up to ~1e-6 of the task gradients.
+    scale = float(grads.norm(dim=1).max())
+    assert torch.allclose(rectified, reference, rtol=1e-3, atol=1e-4 * scale)
 
+
+
+def test_pareto_stationary_tasks_with_rho_at_least_one_fall_back_to_the_mean():
+    # 0 lies in the convex hull of these gradients (Pareto-stationary point) and the trust region
+    # (rho >= 1) contains d = 0, so CAGrad's answer is the zero step. CAME-Grad documents a
+    # different choice: g_alpha* = 0 means "no conflict-averse correction", so u_rect = mu.
+    grads = torch.tensor([[2.0, 1.0, 0.0], [-1.0, -0.5, 0.0]], dtype=torch.float64)
+    weights = torch.ones(2, dtype=torch.float64)
+    coefficients = came_grad_coefficients(grads @ grads.T, weights, rho=1.5)
+    assert coefficients.fallback == MEAN_FALLBACK
+    assert torch.allclose(coefficients.rectified @ grads, grads.mean(dim=0))
+    assert float(CAGrad(c=1.5, norm_eps=0.0)(grads).norm()) < 0.05 * float(grads.norm(dim=1).max())
 
 @PROPERTY
 @given(gradient_problems(), st.randoms(use_true_random=False))
