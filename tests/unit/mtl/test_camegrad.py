@@ -73,7 +73,6 @@ def test_stage_one_is_cagrad_with_c_equal_to_rho(problem, rho):
     assert torch.allclose(rectified, reference, rtol=1e-3, atol=1e-4 * scale)
 
 
-
 def test_pareto_stationary_tasks_with_rho_at_least_one_fall_back_to_the_mean():
     # 0 lies in the convex hull of these gradients (Pareto-stationary point) and the trust region
     # (rho >= 1) contains d = 0, so CAGrad's answer is the zero step. CAME-Grad documents a
@@ -84,6 +83,7 @@ def test_pareto_stationary_tasks_with_rho_at_least_one_fall_back_to_the_mean():
     assert coefficients.fallback == MEAN_FALLBACK
     assert torch.allclose(coefficients.rectified @ grads, grads.mean(dim=0))
     assert float(CAGrad(c=1.5, norm_eps=0.0)(grads).norm()) < 0.05 * float(grads.norm(dim=1).max())
+
 
 @PROPERTY
 @given(gradient_problems(), st.randoms(use_true_random=False))
