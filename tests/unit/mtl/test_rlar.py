@@ -34,7 +34,7 @@ def test_penalty_and_its_gradient_vanish_when_every_cosine_is_at_most_tau():
     assert torch.count_nonzero(grad_b.grad) == 0
     # just below the largest cosine the penalty is active again
     active, _ = rlar_penalty(grad_a, grad_b, tau=float(cosines.detach().max()) - 1e-3)
-    assert float(active) > 0
+    assert float(active.detach()) > 0
 
 
 def test_penalty_rejects_mismatched_gradients():
