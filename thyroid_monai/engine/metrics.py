@@ -112,8 +112,9 @@ class MultitaskScores(Metric):
     * structured report (with descriptor heads): the level read as the ACR sum of the predicted
       descriptor points, ``accuracy_from_descriptors`` and ``macro_f1_from_descriptors``,
       ``level_agreement`` (share of samples where both readings give the same class), and per
-      category ``desc_<category>_accuracy`` (``desc_foci_accuracy`` per focus type and
-      ``desc_foci_macro_f1``).
+      category ``desc_<category>_accuracy`` (for foci: ``desc_foci_accuracy`` over every focus
+      type of every sample, and ``desc_foci_macro_f1``, the mean F1 over the focus types present
+      in the labels; a focus is predicted where its logit is positive).
 
     Definitions and edge cases are those of :mod:`thyroid_monai.engine.scores`. Register the
     metric under the name of one of its scores (``val_mean_dice``): MONAI then uses that score as

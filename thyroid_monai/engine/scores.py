@@ -22,6 +22,7 @@ Conventions where the definitions leave a choice:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -197,11 +198,16 @@ def hausdorff_95(
         foreground = torch.as_tensor(mask, dtype=torch.float32)[None, None]
         return torch.cat([1.0 - foreground, foreground], dim=1)
 
-    distance = compute_hausdorff_distance(
-        one_hot(prediction),
-        one_hot(target),
-        include_background=False,
-        percentile=percentile,
-        spacing=[float(s) for s in steps],
-    )
+    with warnings.catch_warnings():
+        # MONAI 1.6 passes its own deprecated `always_return_as_numpy` argument internally
+        warnings.filterwarnings(
+            "ignore", message=".*always_return_as_numpy", category=FutureWarning
+        )
+        distance = compute_hausdorff_distance(
+            one_hot(prediction),
+            one_hot(target),
+            include_background=False,
+            percentile=percentile,
+            spacing=[float(s) for s in steps],
+        )
     return float(distance.item())
