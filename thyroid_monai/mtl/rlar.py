@@ -35,8 +35,11 @@ makes is an option:
   Task weights of the method multiply the folded term like the rest of that task's loss.
 
 Cost: no extra forward pass; one extra backward from each loss to ``z`` with the graph kept (through
-the decoder for the mask), and the final backward then also runs the second-order terms. See
-``benchmarks/step_cost.py``.
+the decoder for the mask), and the final backward then also runs the second-order terms, which
+dominate (see ``benchmarks/step_cost.py``). When no sample's alignment exceeds ``tau`` the penalty
+and its gradient are exactly zero: the term is then not folded in (except with
+``fold="separate"``, whose entry must always exist), so the gradient method's backward skips the
+second-order pass at no change to the gradients.
 
 Requirements on the model: each sample's outputs must depend only on its own latent (no BatchNorm
 after the latent in training mode; ``MultitaskUNet`` uses a per-sample decoder normalisation by
@@ -262,13 +265,16 @@ class RLAR:
         penalty, cosines = self.penalty(losses, outputs)
         weight = self.applied_weight()
         term = weight * penalty
-        if self.fold == "split":
-            for task in self.tasks:
-                folded[task] = folded[task] + 0.5 * term
-        elif self.fold == "separate":
+        if self.fold == "separate":
             folded[SEPARATE_TASK] = term
-        else:
-            folded[self.fold] = folded[self.fold] + term
+        elif bool(penalty.detach() > 0):
+            # relu(c - tau) ** power is 0 with a zero gradient for every c <= tau: an all-zero
+            # penalty would change nothing but add the second-order pass to the backward
+            if self.fold == "split":
+                for task in self.tasks:
+                    folded[task] = folded[task] + 0.5 * term
+            else:
+                folded[self.fold] = folded[self.fold] + term
         alignment = cosines.detach().abs() if self.absolute else cosines.detach()
         return folded, {
             "rlar_weight": weight,
