@@ -21,7 +21,7 @@ def test_every_registered_method_and_the_rlar_variants_are_timed_by_default():
     names = benchmark.configurations(None)
     assert set(GRADIENT_METHODS) <= set(names)
     assert {"rlar", "rlar_every2", "rlar_detach_seg"} <= set(names)
-    assert names["rlar_every2"] == ("sum", {"every": 2})
+    assert names["rlar_every2"] == ("sum", {"tau": -1.0, "every": 2})
 
 
 def test_quick_run_writes_ratios_settings_and_machine(tmp_path):
