@@ -80,12 +80,12 @@ def test_radiomics_loss_ignores_missing_entries():
     prediction = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], requires_grad=True)
     target = torch.tensor([[1.5, float("nan"), 1.0], [float("nan"), 1.0, float("nan")]])
     loss = masked_regression(prediction, target, "mse")
-    assert float(loss) == pytest.approx((0.25 + 4.0 + 1.0) / 3)
+    assert loss.item() == pytest.approx((0.25 + 4.0 + 1.0) / 3)
     loss.backward()
     assert prediction.grad[0, 1] == 0
     assert prediction.grad[1, 0] == 0
     smooth = masked_regression(prediction, target, "smooth_l1", beta=1.0)
-    assert float(smooth) == pytest.approx((0.125 + 1.5 + 0.5) / 3)
+    assert smooth.item() == pytest.approx((0.125 + 1.5 + 0.5) / 3)
 
 
 def test_a_task_without_any_known_target_gives_an_attached_zero():
@@ -96,7 +96,7 @@ def test_a_task_without_any_known_target_gives_an_attached_zero():
         masked_binary_cross_entropy(prediction, unknown),
         soft_or_hard_cross_entropy(prediction, torch.tensor([-1, -1])),
     ):
-        assert float(loss) == 0.0
+        assert loss.item() == 0.0
         (gradient,) = torch.autograd.grad(loss, prediction)
         assert torch.count_nonzero(gradient) == 0
 

@@ -172,7 +172,8 @@ def test_fold_adds_the_weighted_penalty_where_configured(fold):
     rlar = RLAR(weight=0.2, tau=-1.0, fold=fold)
     folded, diagnostics = rlar(losses, outputs, epoch=1, iteration=1)
     term = 0.2 * diagnostics["rlar_penalty"]
-    added = {task: float(folded.get(task, 0.0)) - float(losses.get(task, 0.0)) for task in folded}
+    value = lambda losses, task: float(torch.as_tensor(losses.get(task, 0.0)).detach())  # noqa: E731
+    added = {task: value(folded, task) - value(losses, task) for task in folded}
     expected = {
         "split": {keys.SEG: term / 2, keys.CLS: term / 2, keys.RAD: 0.0},
         "seg": {keys.SEG: term, keys.CLS: 0.0, keys.RAD: 0.0},
@@ -212,7 +213,7 @@ def test_pooled_and_encoder_latents():
     assert [m.shape[1] for m in maps] == [64, 64, 128, 256, 512]  # resnet18: stem, 4 stages
     penalty, cosines = encoder.penalty(losses, outputs)
     assert cosines.shape == (4,)
-    assert float(penalty) > 0
+    assert float(penalty.detach()) > 0
     with pytest.raises(ValueError, match="expose_encoder_maps"):
         encoder.latents({keys.LATENT: outputs[keys.LATENT]})
 
@@ -238,7 +239,7 @@ def test_trainer_folds_rlar_before_the_gradient_method_and_reports_it():
         name = "recording"
 
         def backward(self, losses, **kwargs):
-            seen.update({task: float(loss) for task, loss in losses.items()})
+            seen.update({task: float(loss.detach()) for task, loss in losses.items()})
             return super().backward(losses, **kwargs)
 
     generator = torch.Generator().manual_seed(0)
@@ -274,4 +275,4 @@ def test_an_all_zero_penalty_is_not_folded_so_the_backward_skips_the_second_orde
     assert diagnostics["rlar_excess_share"] == 0.0
     assert all(folded[task] is losses[task] for task in losses)
     separate, _ = RLAR(tau=0.999, fold="separate")(losses, outputs, epoch=1, iteration=1)
-    assert float(separate["rlar"]) == 0.0  # the separate objective always exists
+    assert float(separate["rlar"].detach()) == 0.0  # the separate objective always exists
