@@ -75,13 +75,21 @@ FOLD: Final = "fold"
 PRED_SEG: Final = "pred_seg"
 PRED_CLS: Final = "pred_cls"
 LABEL_CLS: Final = "label_cls"
+LABEL_CLS_TRUE: Final = "label_cls_true"
+"""True level index (synthetic data), reported beside the readers' ``label_cls``."""
 
 # Output keys of the multitask network (also the task names of the losses).
 SEG: Final = "seg"
 """Segmentation logits, ``(batch, 2, x, y)``."""
 CLS: Final = "cls"
-"""TI-RADS logits, ``(batch, classes)``."""
+"""TI-RADS logits, ``(batch, classes)`` (class log-probabilities for an ordinal head)."""
 RAD: Final = "rad"
 """Predicted radiomics vector, ``(batch, features)``."""
 LATENT: Final = "latent"
 """Shared latent: the deepest encoder feature map, ``(batch, channels, h, w)``."""
+
+# Further outputs of the multitask network (not tasks of their own).
+CLS_ORDINAL: Final = "cls_ordinal"
+"""Cumulative logits ``logit P(level > k)``, ``(batch, classes - 1)``, of an ordinal level head."""
+ENCODER_MAPS: Final = "encoder_maps"
+"""Every encoder feature map, shallow to deep (a tuple; only when the network is asked for it)."""

@@ -1,27 +1,148 @@
-"""Task losses of the multitask model, returned per task so gradient methods can combine them."""
+"""Task losses of the multitask model, returned per task so gradient methods can combine them.
+
+Every loss is a mean of per-sample terms, so a sample's loss never depends on the other samples of
+its batch (regularisers built on per-sample gradients rely on that). Targets may be hard or soft
+(several readers, see :mod:`thyroid_monai.transforms.readers`), and may be missing:
+
+* **mask** (``seg``): Dice + cross-entropy on the softmax output. The target is a ``(B, 1, x, y)``
+  map of nodule probability: 0/1 for one reader or a consensus, the share of readers who drew
+  the pixel for soft labels. It is turned into two-channel class probabilities, so one code path
+  serves both; the Dice term uses MONAI's soft-label formulation, which equals the usual Dice on
+  0/1 targets.
+* **level** (``cls``): cross-entropy with optional label smoothing and class weights
+  (``level_loss="ce"``), or the CORAL loss on cumulative logits (``level_loss="coral"``: mean
+  binary cross-entropy of "level above k" over the K-1 thresholds; needs an ordinal level head).
+  Targets are class indices ``(B,)`` or class distributions ``(B, C)`` (soft labels).
+* **radiomics** (``rad``): MSE or SmoothL1 between the predicted and the target vector, averaged
+  over the entries that are known; missing entries are ``NaN`` and contribute nothing.
+* **descriptors** (``desc_<category>``): cross-entropy per categorical descriptor (index ``-1`` or
+  a ``NaN`` distribution row means unknown), binary cross-entropy per echogenic-focus type for the
+  multi-label ``desc_foci`` (``NaN`` means unknown).
+
+A task whose targets are all missing in a batch still gets a loss: zero, attached to its output,
+so that every step sees the same set of tasks.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
-from monai.losses import DiceCELoss
+import torch.nn.functional as F
+from monai.losses import DiceLoss
 from torch import nn
 
-from thyroid_monai import keys
+from thyroid_monai import descriptor_tasks, keys
+from thyroid_monai.networks.heads import cumulative_targets
+
+LevelLoss = Literal["ce", "coral"]
+RadiomicsLoss = Literal["mse", "smooth_l1"]
+
+
+def _zero_like_output(output: torch.Tensor) -> torch.Tensor:
+    """A zero loss that stays attached to the graph of ``output``."""
+    return output.sum() * 0.0
+
+
+def soft_or_hard_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy over the samples whose target is known.
+
+    Args:
+        logits: ``(B, C)``.
+        target: Class indices ``(B,)`` (``-1``: unknown) or distributions ``(B, C)`` (a row with
+            ``NaN``: unknown).
+        weight: Optional class weights.
+        label_smoothing: Mixes each target with the uniform distribution.
+
+    Returns:
+        The mean loss over known samples, or an attached zero if none is known.
+    """
+    if target.is_floating_point() and target.ndim == 2:
+        known = ~torch.isnan(target).any(dim=1)
+    else:
+        target = target.long().view(-1)
+        known = target >= 0
+    if not bool(known.any()):
+        return _zero_like_output(logits)
+    return F.cross_entropy(
+        logits[known], target[known], weight=weight, label_smoothing=label_smoothing
+    )
+
+
+def _as_distribution(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """Class distributions ``(B, C)`` from indices or distributions, with label smoothing."""
+    if not (target.is_floating_point() and target.ndim == 2):
+        target = F.one_hot(target.long().view(-1).clamp_min(0), num_classes).float()
+    return target * (1.0 - smoothing) + smoothing / num_classes
+
+
+def coral_loss(
+    cumulative_logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean binary cross-entropy of "level above k" over the K-1 thresholds (CORAL).
+
+    Args:
+        cumulative_logits: ``(B, K-1)`` logits of ``P(y > k)``.
+        target: Class indices ``(B,)`` (``-1``: unknown) or distributions ``(B, K)``.
+        label_smoothing: Applied to the class distribution before it is made cumulative.
+    """
+    num_classes = cumulative_logits.shape[1] + 1
+    if target.is_floating_point() and target.ndim == 2:
+        known = ~torch.isnan(target).any(dim=1)
+    else:
+        known = target.long().view(-1) >= 0
+    if not bool(known.any()):
+        return _zero_like_output(cumulative_logits)
+    distribution = _as_distribution(target[known], num_classes, label_smoothing)
+    return F.binary_cross_entropy_with_logits(
+        cumulative_logits[known], cumulative_targets(distribution)
+    )
+
+
+def masked_regression(
+    prediction: torch.Tensor, target: torch.Tensor, kind: RadiomicsLoss, beta: float = 1.0
+) -> torch.Tensor:
+    """MSE or SmoothL1 averaged over the target entries that are not ``NaN``."""
+    known = ~torch.isnan(target)
+    if not bool(known.any()):
+        return _zero_like_output(prediction)
+    if kind == "mse":
+        return F.mse_loss(prediction[known], target[known])
+    return F.smooth_l1_loss(prediction[known], target[known], beta=beta)
+
+
+def masked_binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with logits over the target entries that are not ``NaN``."""
+    known = ~torch.isnan(target)
+    if not bool(known.any()):
+        return _zero_like_output(logits)
+    return F.binary_cross_entropy_with_logits(logits[known], target[known])
 
 
 class MultitaskLoss(nn.Module):
     """Computes one loss per task present in both the outputs and the targets.
 
-    * mask: Dice + cross-entropy on softmax outputs (MONAI ``DiceCELoss``);
-    * level: cross-entropy with optional label smoothing and class weights.
-
     Args:
-        label_smoothing: Cross-entropy label smoothing for the level (reader noise).
-        class_weights: Optional per-class weights for the level cross-entropy.
+        label_smoothing: Level label smoothing (reader noise); 0 disables it.
+        class_weights: Optional per-class weights of the level cross-entropy
+            (``level_loss="ce"`` only).
         dice_weight: Weight of the Dice term inside the mask loss.
         ce_weight: Weight of the cross-entropy term inside the mask loss.
+        level_loss: ``"ce"`` or ``"coral"`` (see the module docstring).
+        radiomics_loss: ``"mse"`` or ``"smooth_l1"``.
+        smooth_l1_beta: Transition point of SmoothL1 (standardised units).
+        descriptor_label_smoothing: Label smoothing of the categorical descriptor losses.
+
+    Raises:
+        ValueError: For an unknown option, a smoothing outside ``[0, 1)``, or class weights with
+            the CORAL loss.
     """
 
     def __init__(
@@ -30,33 +151,100 @@ class MultitaskLoss(nn.Module):
         class_weights: Sequence[float] | None = None,
         dice_weight: float = 1.0,
         ce_weight: float = 1.0,
+        level_loss: LevelLoss = "ce",
+        radiomics_loss: RadiomicsLoss = "mse",
+        smooth_l1_beta: float = 1.0,
+        descriptor_label_smoothing: float = 0.0,
     ):
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.seg_loss = DiceCELoss(
-            to_onehot_y=True, softmax=True, lambda_dice=dice_weight, lambda_ce=ce_weight
+        for name, value in (
+            ("label_smoothing", label_smoothing),
+            ("descriptor_label_smoothing", descriptor_label_smoothing),
+        ):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if level_loss not in ("ce", "coral"):
+            raise ValueError(f"unknown level_loss {level_loss!r}; use 'ce' or 'coral'")
+        if radiomics_loss not in ("mse", "smooth_l1"):
+            raise ValueError(f"unknown radiomics_loss {radiomics_loss!r}; use 'mse' or 'smooth_l1'")
+        if class_weights and level_loss != "ce":
+            raise ValueError("class_weights apply to level_loss='ce' only")
+        self.label_smoothing = label_smoothing
+        self.descriptor_label_smoothing = descriptor_label_smoothing
+        self.dice_weight = dice_weight
+        self.ce_weight = ce_weight
+        self.level_loss = level_loss
+        self.radiomics_loss = radiomics_loss
+        self.smooth_l1_beta = smooth_l1_beta
+        self.dice = DiceLoss(softmax=True, soft_label=True)
+        self.class_weights: torch.Tensor | None
+        self.register_buffer(
+            "class_weights",
+            torch.as_tensor(class_weights, dtype=torch.float32) if class_weights else None,
         )
-        weight = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights else None
-        self.cls_loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+    def mask_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Dice + cross-entropy; ``target`` is the nodule probability ``(B, 1, x, y)``."""
+        nodule = target.float()
+        probabilities = torch.cat([1.0 - nodule, nodule], dim=1)
+        cross_entropy = F.cross_entropy(logits, probabilities)
+        return self.dice_weight * self.dice(logits, probabilities) + self.ce_weight * cross_entropy
+
+    def level(self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """The level loss of the configured kind."""
+        if self.level_loss == "coral":
+            if keys.CLS_ORDINAL not in outputs:
+                raise ValueError(
+                    "level_loss='coral' needs cumulative logits: build the network with "
+                    "level_head='coral' or 'cumulative_link'"
+                )
+            return coral_loss(
+                outputs[keys.CLS_ORDINAL], target, label_smoothing=self.label_smoothing
+            )
+        logits = outputs[keys.CLS]
+        weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return soft_or_hard_cross_entropy(
+            logits, target, weight=weights, label_smoothing=self.label_smoothing
+        )
 
     def forward(
-        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+        self, outputs: Mapping[str, Any], targets: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Per-task scalar losses.
 
         Args:
-            outputs: Network outputs (``seg`` logits ``(B, 2, x, y)``, ``cls`` logits ``(B, C)``).
-            targets: ``seg`` mask ``(B, 1, x, y)`` and ``cls`` class indices ``(B,)``.
+            outputs: Network outputs keyed by task (see :class:`MultitaskUNet`).
+            targets: Targets keyed by task: ``seg`` ``(B, 1, x, y)``, ``cls`` ``(B,)`` or
+                ``(B, C)``, ``rad`` ``(B, F)``, ``desc_<category>`` ``(B,)``/``(B, C)`` or
+                ``(B, 4)`` for foci.
 
         Returns:
             ``{task: loss}`` for every task with both an output and a target.
+
+        Raises:
+            ValueError: If no task has both an output and a target.
         """
-        losses = {}
+        losses: dict[str, torch.Tensor] = {}
         if keys.SEG in outputs and keys.SEG in targets:
-            losses[keys.SEG] = self.seg_loss(outputs[keys.SEG], targets[keys.SEG])
+            losses[keys.SEG] = self.mask_loss(outputs[keys.SEG], targets[keys.SEG])
         if keys.CLS in outputs and keys.CLS in targets:
-            losses[keys.CLS] = self.cls_loss(outputs[keys.CLS], targets[keys.CLS].long().view(-1))
+            losses[keys.CLS] = self.level(outputs, targets[keys.CLS])
+        if keys.RAD in outputs and keys.RAD in targets:
+            losses[keys.RAD] = masked_regression(
+                outputs[keys.RAD],
+                targets[keys.RAD].float(),
+                self.radiomics_loss,
+                self.smooth_l1_beta,
+            )
+        for task in descriptor_tasks.DESCRIPTOR_TASKS:
+            if task not in outputs or task not in targets:
+                continue
+            if task == descriptor_tasks.FOCI_TASK:
+                losses[task] = masked_binary_cross_entropy(outputs[task], targets[task].float())
+            else:
+                losses[task] = soft_or_hard_cross_entropy(
+                    outputs[task], targets[task], label_smoothing=self.descriptor_label_smoothing
+                )
         if not losses:
             raise ValueError(
                 f"no task has both an output and a target: outputs {sorted(outputs)}, "

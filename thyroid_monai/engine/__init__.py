@@ -1,16 +1,25 @@
-"""Training and evaluation engines, subclasses of MONAI's trainer and evaluator."""
+"""Training and evaluation engines (subclasses of MONAI's trainer and evaluator) and metrics."""
 
 from thyroid_monai.engine.evaluator import MultitaskEvaluator
-from thyroid_monai.engine.handlers import TrainingCheckpointSaver
-from thyroid_monai.engine.metrics import LevelScore
+from thyroid_monai.engine.handlers import (
+    EvaluationReportSaver,
+    RandomStates,
+    TrainingCheckpointLoader,
+    TrainingCheckpointSaver,
+)
+from thyroid_monai.engine.metrics import LevelScore, MultitaskScores
 from thyroid_monai.engine.prepare import MultitaskPrepareBatch
 from thyroid_monai.engine.trainer import EpochScalarMeans, MultitaskTrainer
 
 __all__ = [
     "EpochScalarMeans",
+    "EvaluationReportSaver",
     "LevelScore",
     "MultitaskEvaluator",
     "MultitaskPrepareBatch",
+    "MultitaskScores",
     "MultitaskTrainer",
+    "RandomStates",
+    "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
 ]

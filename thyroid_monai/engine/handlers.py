@@ -1,11 +1,20 @@
-"""Handlers the bundle cannot express declaratively."""
+"""Handlers the bundle cannot express declaratively: checkpoints that resume, evaluation reports."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from ignite.engine import Engine
-from monai.handlers import CheckpointSaver
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.transforms import Compose, Randomizable
+
+from thyroid_monai.engine.metrics import MultitaskScores
+from thyroid_monai.io.files import atomic_path, write_json_atomic
 
 
 class TrainingCheckpointSaver(CheckpointSaver):
@@ -13,8 +22,9 @@ class TrainingCheckpointSaver(CheckpointSaver):
 
     A config cannot hand a trainer its own reference (``train#trainer`` inside
     ``train#handlers`` is circular), so the engine is added to the saved objects under ``key``
-    when the handler is attached. Together with model, optimiser and scheduler this is what
-    resuming needs: epoch, iteration and the states of everything that changes during training.
+    when the handler is attached. Together with model, optimiser, scheduler and
+    :class:`RandomStates` this is what resuming needs: epoch, iteration and the states of
+    everything that changes during training.
 
     Args:
         key: Name of the engine's entry in the checkpoint.
@@ -32,3 +42,178 @@ class TrainingCheckpointSaver(CheckpointSaver):
         # is saved from the first checkpoint on.
         self.save_dict[self.engine_key] = engine
         super().attach(engine)
+
+
+class TrainingCheckpointLoader(CheckpointLoader):
+    """``CheckpointLoader`` that also restores the state of the engine it is attached to.
+
+    The counterpart of :class:`TrainingCheckpointSaver`: the engine (epoch, iteration) is added to
+    the loaded objects under ``key`` at attach time, so training continues after the saved epoch
+    until the engine's ``max_epochs``.
+
+    Args:
+        key: Name of the engine's entry in the checkpoint.
+        **kwargs: Arguments of ``monai.handlers.CheckpointLoader`` (``load_path``,
+            ``load_dict``...).
+    """
+
+    def __init__(self, key: str = "trainer", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.engine_key = key
+
+    def attach(self, engine: Engine) -> None:
+        """Adds ``engine`` to the loaded objects, then attaches as ``CheckpointLoader`` does."""
+        if not Path(self.load_path).is_file():
+            raise FileNotFoundError(f"checkpoint to resume from not found: {self.load_path}")
+        self.load_dict[self.engine_key] = engine
+        super().attach(engine)
+
+
+def _randomizable(transforms: Any) -> list[Randomizable]:
+    """Every ``Randomizable`` inside a transform, a ``Compose`` or a list of them."""
+    found: list[Randomizable] = []
+    pending = list(transforms) if isinstance(transforms, Iterable) else [transforms]
+    while pending:
+        transform = pending.pop(0)
+        if isinstance(transform, Randomizable):
+            found.append(transform)
+        if isinstance(transform, Compose):
+            pending = list(transform.transforms) + pending
+    return found
+
+
+class RandomStates:
+    """The random states a resumed training needs, as a checkpointable object.
+
+    Python's, NumPy's and torch's global generators (CUDA's too when present: dropout, data order,
+    initialisation) and the generator of every random transform of the given pipelines
+    (augmentation, reader sampling). ``state_dict`` holds only tensors, numbers and lists, so the
+    checkpoint loads with ``torch.load(weights_only=True)``.
+
+    Args:
+        transforms: Transform pipelines (``Compose`` or lists) whose random transforms to track.
+    """
+
+    def __init__(self, transforms: Any = ()):
+        self.transforms = _randomizable(transforms)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current states."""
+        version, mt_state, gauss = random.getstate()
+        numpy_state = np.random.get_state()  # noqa: NPY002 - the legacy global generator is used by libraries
+        return {
+            "python": [version, list(mt_state), gauss],
+            "numpy": _numpy_state(numpy_state),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "transforms": [_numpy_state(t.R.get_state()) for t in self.transforms],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores saved states.
+
+        Raises:
+            ValueError: If the checkpoint tracked a different number of random transforms.
+        """
+        version, mt_state, gauss = state["python"]
+        random.setstate((version, tuple(int(x) for x in mt_state), gauss))
+        np.random.set_state(_numpy_state_back(state["numpy"]))  # noqa: NPY002
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state["transforms"]
+        if len(saved) != len(self.transforms):
+            raise ValueError(
+                f"the checkpoint holds {len(saved)} random transform states, the pipeline has "
+                f"{len(self.transforms)}: resume with the same preprocessing"
+            )
+        for transform, transform_state in zip(self.transforms, saved, strict=True):
+            transform.R.set_state(_numpy_state_back(transform_state))
+
+
+def _numpy_state(state: Any) -> list:
+    name, keys, position, has_gauss, cached = state
+    return [name, torch.as_tensor(keys.astype(np.int64)), int(position), int(has_gauss), cached]
+
+
+def _numpy_state_back(state: list) -> tuple:
+    name, keys, position, has_gauss, cached = state
+    return (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
+
+
+class EvaluationReportSaver:
+    """Writes the tables of a :class:`MultitaskScores` after every evaluation.
+
+    ``<save_dir>/<name>.json`` holds the scores, the side-by-side comparison against the readers
+    and the truth, the confusion matrices and the per-class tables; ``<name>.md`` shows them as
+    Markdown tables. Both are written atomically.
+
+    Args:
+        scores: The metric instance the evaluator computes.
+        save_dir: Output folder (created).
+        name: File name without suffix.
+    """
+
+    def __init__(self, scores: MultitaskScores, save_dir: str | Path, name: str = "report"):
+        self.scores = scores
+        self.save_dir = Path(save_dir)
+        self.name = name
+
+    def attach(self, engine: Engine) -> None:
+        """Writes after each evaluation epoch (the metrics are computed before this handler)."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Writes the report of the evaluation that just finished."""
+        report = self.scores.report
+        if not report:
+            raise RuntimeError("the scores hold no report: attach the metric to the evaluator")
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.save_dir / f"{self.name}.json", report)
+        with atomic_path(self.save_dir / f"{self.name}.md") as temporary:
+            Path(temporary).write_text(markdown_report(report), encoding="utf-8")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown_report(report: Mapping[str, Any]) -> str:
+    """The side-by-side scores, confusion matrices and per-class tables as Markdown."""
+    lines = ["# Evaluation", "", "| score | readers | truth |", "|---|---|---|"]
+    lines += [
+        f"| {row['score']} | {_cell(row['readers'])} | {_cell(row['truth'])} |"
+        for row in report.get("side_by_side", [])
+    ]
+    for key, title in (("level", "readers' labels"), ("level_truth", "truth")):
+        level = report.get(key)
+        if not level:
+            continue
+        names = level["class_names"]
+        lines += ["", f"## Level against the {title}", "", "Confusion matrix (rows: true, columns:"
+                  " predicted)", "", "| | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]  # fmt: skip
+        lines += [
+            f"| {name} | " + " | ".join(str(v) for v in row) + " |"
+            for name, row in zip(names, level["confusion_matrix"], strict=True)
+        ]
+        lines += ["", "| class | support | precision | recall | F1 |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {r['class']} | {r['support']} | {_cell(r['precision'])} | {_cell(r['recall'])} "
+            f"| {_cell(r['f1'])} |"
+            for r in level["per_class"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "EvaluationReportSaver",
+    "RandomStates",
+    "TrainingCheckpointLoader",
+    "TrainingCheckpointSaver",
+    "markdown_report",
+]

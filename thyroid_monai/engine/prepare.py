@@ -8,9 +8,15 @@ from typing import Any
 import torch
 from monai.engines.utils import PrepareBatch
 
-from thyroid_monai import keys
+from thyroid_monai import descriptor_tasks, keys
 
-DEFAULT_TARGETS: Mapping[str, str] = {keys.SEG: keys.LABEL, keys.CLS: keys.TIRADS}
+DEFAULT_TARGETS: Mapping[str, str] = {
+    keys.SEG: keys.LABEL,
+    keys.CLS: keys.TIRADS,
+    keys.RAD: keys.RADIOMICS,
+    # descriptor targets are written under their task names by DescriptorsToIndicesd
+    **{task: task for task in descriptor_tasks.DESCRIPTOR_TASKS},
+}
 
 
 class MultitaskPrepareBatch(PrepareBatch):

@@ -1,7 +1,8 @@
 """The multitask training step, as a MONAI ``SupervisedTrainer`` subclass.
 
-One iteration: prepare the batch -> forward (a dictionary of outputs) -> per-task losses ->
-``gradient_method.backward`` writes the gradients -> optimiser step -> MONAI's iteration events.
+One iteration: prepare the batch -> forward (a dictionary of outputs) -> per-task losses -> an
+optional loss regulariser (RLAR) folds its term into the task losses -> ``gradient_method.backward``
+writes the gradients -> optimiser step -> MONAI's iteration events.
 ``engine.state.output`` then holds ``image``, ``label``, ``pred`` (mask logits), ``pred_cls``,
 ``loss`` (the joint objective) and every per-task loss and diagnostic as a float, and the epoch
 means of those floats land in ``engine.state.metrics`` as ``train_<name>`` (so MLflow logs them).
@@ -25,6 +26,7 @@ from thyroid_monai import keys
 from thyroid_monai.engine.prepare import MultitaskPrepareBatch
 from thyroid_monai.mtl.base import GradientMethod, WeightedSum
 from thyroid_monai.mtl.distributed import all_reduce_gradients, is_data_parallel, local_gradients
+from thyroid_monai.mtl.rlar import RLAR
 
 
 class EpochScalarMeans:
@@ -76,6 +78,10 @@ class MultitaskTrainer(SupervisedTrainer):
             ``shared_parameters()``, those are the parameters shared by the tasks, otherwise all.
         loss_function: Returns ``{task: scalar loss}`` from ``(outputs, targets)``.
         gradient_method: How per-task losses become gradients; defaults to the weighted sum.
+        regulariser: Optional RLAR regulariser; its term is folded into the task losses before
+            the gradient method sees them (see :class:`~thyroid_monai.mtl.rlar.RLAR`). The
+            reported ``loss`` and ``loss_<task>`` stay the unregularised task losses, so runs
+            with and without it compare; the penalty is reported as ``rlar_penalty``.
         prepare_batch: Defaults to :class:`MultitaskPrepareBatch`.
         **kwargs: Everything else ``SupervisedTrainer`` accepts (device, max_epochs,
             train_data_loader, optimizer, train_handlers, ...). ``amp`` is not supported because
@@ -88,9 +94,19 @@ class MultitaskTrainer(SupervisedTrainer):
         network: torch.nn.Module,
         loss_function: torch.nn.Module,
         gradient_method: GradientMethod | None = None,
+        regulariser: RLAR | None = None,
         prepare_batch: Any = None,
         **kwargs: Any,
     ):
+        unwrapped = getattr(network, "module", network)  # DistributedDataParallel
+        if regulariser is not None and not getattr(
+            unwrapped, "samples_independent_after_latent", True
+        ):
+            raise ValueError(
+                "RLAR compares per-sample latent gradients, but this network mixes the samples of "
+                "a batch after the latent (BatchNorm decoder); use decoder_norm "
+                "'group', 'instance' or 'none'"
+            )
         if kwargs.get("amp"):
             raise ValueError("MultitaskTrainer does not support amp: gradient methods edit .grad")
         # The epoch means must be computed before any handler (MLflow, stats) reads the metrics at
@@ -104,6 +120,7 @@ class MultitaskTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.gradient_method = gradient_method or WeightedSum()
+        self.regulariser = regulariser
 
     def _model(self) -> torch.nn.Module:
         return getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
@@ -151,8 +168,13 @@ class MultitaskTrainer(SupervisedTrainer):
         engine.state.output[Keys.LOSS] = method.joint_loss(losses).detach()
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
+        objective, regularisation = losses, dict[str, float]()
+        if self.regulariser is not None:
+            objective, regularisation = self.regulariser(
+                losses, outputs, epoch=engine.state.epoch, iteration=engine.state.iteration
+            )
         diagnostics = method.backward(
-            losses,
+            objective,
             shared_params=self.shared_params(),
             task_params=self.task_params(),
             latent=outputs.get(keys.LATENT),
@@ -166,6 +188,7 @@ class MultitaskTrainer(SupervisedTrainer):
 
         scalars = {f"loss_{task}": float(loss.detach()) for task, loss in losses.items()}
         scalars["loss"] = float(engine.state.output[Keys.LOSS])
+        scalars.update(regularisation)
         scalars.update(diagnostics)
         engine.state.output.update(scalars)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -112,3 +112,27 @@ def test_tirads_to_index_names_the_sample_with_a_bad_label():
     assert sample["tirads_readers"].tolist() == [0, 2]
     with pytest.raises(UnknownLabelError, match=r"P9_2.*'TR9'"):
         transform({"tirads": "TR9", "tirads_readers": [], "case_id": "P9_2"})
+
+
+def test_evaluator_exposes_every_task_and_the_references():
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        keys.IMAGE: torch.rand(2, 1, 32, 32, generator=generator),
+        keys.LABEL: torch.zeros(2, 1, 32, 32),
+        keys.LABEL_TRUE: torch.ones(2, 1, 32, 32),
+        keys.TIRADS: torch.tensor([0, 1]),
+        keys.TIRADS_TRUE: torch.tensor([1, 1]),
+        keys.SPACING: torch.tensor([[0.1, 0.2], [0.1, 0.2]]),
+        "desc_shape": torch.tensor([1, -1]),
+    }
+    net = MultitaskUNet(num_classes=3, radiomics_dim=2, descriptor_heads=True)
+    evaluator = MultitaskEvaluator(device=torch.device("cpu"), val_data_loader=[batch], network=net)
+    evaluator.run()
+    output = evaluator.state.output[1]
+    assert output["pred_rad"].shape == (2,)
+    assert output["pred_desc_foci"].shape == (4,)
+    assert int(output["label_desc_shape"]) == -1
+    assert output["label_desc_margin"] is None  # the batch has no margin labels
+    assert int(output[keys.LABEL_CLS_TRUE]) == 1
+    assert output[keys.SPACING].tolist() == pytest.approx([0.1, 0.2])
+    assert output[keys.LABEL_TRUE].shape == (1, 32, 32)

@@ -43,3 +43,84 @@ def test_local_weights_file_is_loaded(tmp_path):
     loaded = MultitaskUNet(num_classes=2, weights_path=tmp_path / "w.pt")
     for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_structured_report_heads_and_ordinal_level_head():
+    net = MultitaskUNet(num_classes=5, descriptor_heads=True, level_head="coral")
+    out = net(torch.rand(2, 1, 32, 32))
+    shapes = {task: tuple(out[task].shape) for task in net.tasks}
+    assert shapes == {
+        "seg": (2, 2, 32, 32),
+        "cls": (2, 5),
+        "desc_composition": (2, 5),
+        "desc_echogenicity": (2, 5),
+        "desc_shape": (2, 2),
+        "desc_margin": (2, 5),
+        "desc_foci": (2, 4),
+    }
+    assert out[keys.CLS_ORDINAL].shape == (2, 4)
+    torch.testing.assert_close(out[keys.CLS].exp().sum(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_classes": 5},
+        {"num_classes": 5, "radiomics_dim": 4},
+        {"num_classes": 0, "radiomics_dim": 4},
+        {"num_classes": 3, "seg_classes": 0},
+        {"num_classes": 5, "descriptor_heads": True, "radiomics_dim": 3},
+    ],
+)
+def test_every_parameter_is_shared_or_owned_by_exactly_one_task(options):
+    net = MultitaskUNet(**options)
+    shared = {id(p) for p in net.shared_parameters()}
+    owned = [{id(p) for p in params} for params in net.task_parameters().values()]
+    everything = {id(p) for p in net.parameters()}
+    assert set(net.task_parameters()) == set(net.tasks)
+    assert sum(len(o) for o in owned) == len(set().union(*owned))  # no parameter owned twice
+    assert shared.isdisjoint(set().union(*owned))
+    assert shared | set().union(*owned) == everything
+    embedding = {id(p) for p in net.embedding.parameters()} if net.embedding is not None else set()
+    readers = [t for t in net.tasks if t != keys.SEG]
+    assert (embedding <= shared) == (len(readers) > 1)
+
+
+def test_task_parameters_receive_gradient_only_from_their_task():
+    net = MultitaskUNet(num_classes=3, radiomics_dim=2, descriptor_heads=True, dropout=0.0)
+    out = net(torch.rand(2, 1, 32, 32))
+    for task, params in net.task_parameters().items():
+        for other in net.tasks:
+            if other == task:
+                continue
+            grads = torch.autograd.grad(out[other].sum(), params, allow_unused=True,
+                                        retain_graph=True)  # fmt: skip
+            assert all(g is None for g in grads), (task, other)
+
+
+@pytest.mark.parametrize("norm", ["instance", "group", "none", "batch"])
+def test_decoder_normalisation_is_configurable(norm):
+    net = MultitaskUNet(num_classes=2, decoder_norm=norm)
+    kinds = {type(m).__name__ for m in net.unet.decoder.modules()}
+    expected = {"instance": "InstanceNorm2d", "group": "GroupNorm", "batch": "BatchNorm2d"}
+    norms = kinds & {"InstanceNorm2d", "GroupNorm", "BatchNorm2d"}
+    assert norms == ({expected[norm]} if norm in expected else set())
+    assert net.samples_independent_after_latent == (norm != "batch")
+    with pytest.raises(ValueError, match="decoder_norm"):
+        MultitaskUNet(decoder_norm="layer")
+
+
+def test_level_only_model_has_no_decoder_and_can_expose_encoder_maps():
+    net = MultitaskUNet(num_classes=3, seg_classes=0, expose_encoder_maps=True)
+    assert not hasattr(net.unet, "decoder")
+    out = net(torch.rand(2, 1, 32, 32))
+    assert len(out[keys.ENCODER_MAPS]) == 5
+    assert out[keys.ENCODER_MAPS][-1] is out[keys.LATENT]
+
+
+def test_training_checkpoint_file_is_accepted_as_weights(tmp_path):
+    source = MultitaskUNet(num_classes=2)
+    torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
+    loaded = MultitaskUNet(num_classes=2, weights_path=tmp_path / "checkpoint.pt")
+    for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,312 @@
+"""Training-step cost of every gradient method and of RLAR, as a ratio to plain multitask learning.
+
+Every configuration trains the same model (same architecture and initial weights) on the same
+batch of phantom images on this machine, through ``MultitaskTrainer``'s real step (forward, losses,
+regulariser, gradient method, optimiser step). The configurations are every name registered in
+``thyroid_monai.mtl.GRADIENT_METHODS`` (so methods added later appear by themselves) plus RLAR
+variants on top of the weighted sum. Steps are timed round-robin (one step of each configuration
+per round) so that load changes on a shared machine hit all of them alike; a configuration that
+applies its penalty every k steps is timed over k consecutive steps. The figure is the median step
+time as a ratio to ``sum`` measured in the same run, by wall clock and by process CPU time.
+
+For RLAR a breakdown of one step into its phases says what dominates the cost.
+
+    python benchmarks/step_cost.py            # batch 8, 256x256, resnet18 -> results/step_cost.json
+    python benchmarks/step_cost.py --quick    # batch 2, 64x64, a few repeats
+    python benchmarks/step_cost.py --methods sum rlar rlar_every2
+    python benchmarks/step_cost.py --threads 1   # steadier on a shared machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from thyroid_monai import keys
+from thyroid_monai.engine import MultitaskTrainer
+from thyroid_monai.losses import MultitaskLoss
+from thyroid_monai.mtl import GRADIENT_METHODS, build_gradient_method
+from thyroid_monai.mtl.rlar import RLAR, rlar_penalty
+from thyroid_monai.networks import MultitaskUNet
+from thyroid_monai.synthetic import Phantom, PhantomConfig, RenderSettings
+from thyroid_monai.tirads import get_grouping
+
+RESULTS = Path(__file__).parent / "results" / "step_cost.json"
+REFERENCE = "sum"
+TASK_WEIGHTS = {keys.SEG: 1.0, keys.CLS: 1.0}
+CPU = torch.device("cpu")
+ALWAYS_ACTIVE = {"tau": -1.0}
+RLAR_CONFIGS: dict[str, dict[str, Any]] = {
+    "rlar": {},
+    "rlar_active": ALWAYS_ACTIVE,
+    "rlar_every2": {**ALWAYS_ACTIVE, "every": 2},
+    "rlar_every4": {**ALWAYS_ACTIVE, "every": 4},
+    "rlar_detach_seg": {**ALWAYS_ACTIVE, "detach": keys.SEG},
+    "rlar_detach_cls": {**ALWAYS_ACTIVE, "detach": keys.CLS},
+}
+"""RLAR variants (options of :class:`RLAR` over its defaults, no warm-up), on the weighted sum.
+
+``rlar`` keeps the default margin, so its cost depends on the batch: the second-order pass runs
+only on steps where some sample's cosine exceeds tau (``active_step_share`` in the results). The
+others use tau = -1, which makes every step pay for it: the worst case."""
+
+
+def machine(threads: int) -> dict[str, object]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def phantom_batch(batch: int, size: int, num_classes: int) -> dict[str, torch.Tensor]:
+    """A batch of phantom images with their consensus masks and levels, x first as MONAI loads."""
+    config = PhantomConfig(seed=0, render=RenderSettings(height=size, width=size))
+    cases = list(Phantom(config).cases(batch))
+    grouping = get_grouping("acr5")
+    images = np.stack([c.image.T[None] for c in cases]).astype(np.float32) / 255.0
+    masks = np.stack([c.consensus.T[None] for c in cases]).astype(np.float32)
+    levels = [min(grouping.index(c.majority), num_classes - 1) for c in cases]
+    return {
+        keys.IMAGE: torch.as_tensor(images),
+        keys.LABEL: torch.as_tensor(masks),
+        keys.TIRADS: torch.as_tensor(levels, dtype=torch.long),
+    }
+
+
+def configurations(selected: list[str] | None) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Name -> (gradient method, RLAR options or None) for every configuration to time."""
+    available: dict[str, tuple[str, dict[str, Any] | None]] = {
+        name: (name, None) for name in GRADIENT_METHODS
+    }
+    available.update({name: (REFERENCE, options) for name, options in RLAR_CONFIGS.items()})
+    if REFERENCE not in available:
+        raise SystemExit(f"the reference method {REFERENCE!r} is not registered")
+    if selected is None:
+        return available
+    unknown = sorted(set(selected) - set(available))
+    if unknown:
+        raise SystemExit(f"unknown configurations {unknown}; available: {sorted(available)}")
+    return {name: available[name] for name in dict.fromkeys([REFERENCE, *selected])}
+
+
+def build_trainer(
+    model: MultitaskUNet,
+    method_name: str,
+    rlar_options: dict[str, Any] | None,
+    device: torch.device,
+) -> MultitaskTrainer:
+    """A trainer for one configuration, on its own copy of the model."""
+    network = copy.deepcopy(model).to(device)
+    regulariser = None if rlar_options is None else RLAR(warmup_epochs=0, **rlar_options)
+    # Every method gets the bundle's task weights (methods with learned weights need the task
+    # names) and the optimiser steps the method's own parameters too, as in train.yaml.
+    method = build_gradient_method(method_name, task_weights=TASK_WEIGHTS)
+    trainer = MultitaskTrainer(
+        device=device,
+        max_epochs=1,
+        train_data_loader=[{}],
+        network=network,
+        optimizer=torch.optim.AdamW([*network.parameters(), *method.extra_parameters()], 1e-4),
+        loss_function=MultitaskLoss(),
+        gradient_method=method,
+        regulariser=regulariser,
+    )
+    trainer.state.epoch = 1
+    trainer.state.iteration = 0
+    return trainer
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued GPU work, so that wall-clock time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], None], count: int, device: torch.device = CPU) -> tuple[float, float]:
+    """Mean wall and CPU seconds per step over ``count`` consecutive steps."""
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(count):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
+
+
+def rlar_breakdown(
+    model: MultitaskUNet, batch: dict[str, torch.Tensor], repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds of each phase of one RLAR step (weighted sum, default options)."""
+    network = copy.deepcopy(model).to(device).train()
+    batch = {key: value.to(device) for key, value in batch.items()}
+    clock = time.perf_counter
+
+    def now() -> float:
+        synchronize(device)
+        return clock()
+
+    loss_function, regulariser = MultitaskLoss(), RLAR(warmup_epochs=0)
+    targets = {keys.SEG: batch[keys.LABEL], keys.CLS: batch[keys.TIRADS]}
+    phases: dict[str, list[float]] = {
+        "forward_and_losses": [],
+        "probe_seg_direction": [],
+        "probe_cls_direction": [],
+        "final_backward_with_second_order": [],
+        "plain_backward_reference": [],
+    }
+    for _ in range(repeats):
+        network.zero_grad()
+        start = now()
+        outputs = network(batch[keys.IMAGE])
+        losses = loss_function(outputs, targets)
+        phases["forward_and_losses"].append(now() - start)
+        latents = regulariser.latents(outputs)
+        start = now()
+        grad_seg = regulariser.latent_gradients(losses[keys.SEG], latents, create_graph=True)
+        phases["probe_seg_direction"].append(now() - start)
+        start = now()
+        grad_cls = regulariser.latent_gradients(losses[keys.CLS], latents, create_graph=True)
+        phases["probe_cls_direction"].append(now() - start)
+        start = now()
+        (losses[keys.SEG] + losses[keys.CLS]).backward(retain_graph=True)
+        phases["plain_backward_reference"].append(now() - start)
+        network.zero_grad()
+        penalty, _ = rlar_penalty(grad_seg[0], grad_cls[0], tau=-1.0)  # always active
+        start = now()
+        (losses[keys.SEG] + losses[keys.CLS] + regulariser.weight * penalty).backward()
+        phases["final_backward_with_second_order"].append(now() - start)
+    return {name: round(statistics.median(values), 4) for name, values in phases.items()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 2, 64x64, 3 repeats, 1 warm-up")
+    parser.add_argument("--methods", nargs="+", help="configurations to time (sum is always)")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--decoder-norm", default="group")
+    parser.add_argument("--repeats", type=int, help="timed rounds (12, quick 3)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds first (2, quick 1)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    defaults = (2, 64, 3, 1) if args.quick else (8, 256, 12, 2)
+    for name, default in zip(("batch", "size", "repeats", "warmup"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    num_classes = 5
+    model = MultitaskUNet(
+        num_classes=num_classes, backbone=args.backbone, decoder_norm=args.decoder_norm
+    )
+    device = torch.device(args.device)
+    batch = phantom_batch(args.batch, args.size, num_classes)
+    chosen = configurations(args.methods)
+    trainers: dict[str, MultitaskTrainer] = {}
+    errors: dict[str, str] = {}
+    for name, (method, options) in chosen.items():
+        try:
+            trainers[name] = build_trainer(model, method, options, device)
+        except Exception as error:
+            errors[name] = f"{type(error).__name__}: {error}"
+            print(f"skipping {name}: {errors[name]}")
+    cycle = {
+        name: trainer.regulariser.every if trainer.regulariser is not None else 1
+        for name, trainer in trainers.items()
+    }
+
+    active: dict[str, list[bool]] = {name: [] for name in trainers}
+
+    def step(name: str, trainer: MultitaskTrainer) -> Callable[[], None]:
+        def run() -> None:
+            trainer.state.iteration += 1
+            output = trainer._iteration(trainer, batch)
+            if trainer.regulariser is not None:
+                active[name].append(output[0].get("rlar_penalty", 0.0) > 0)
+
+        return run
+
+    load_before = os.getloadavg()
+    wall: dict[str, list[float]] = {name: [] for name in trainers}
+    cpu: dict[str, list[float]] = {name: [] for name in trainers}
+    for round_index in range(args.warmup + args.repeats):
+        for name, trainer in trainers.items():
+            try:
+                seconds = timed(step(name, trainer), cycle[name], device)
+            except Exception as error:
+                errors[name] = f"{type(error).__name__}: {error}"
+                print(f"dropping {name}: {errors[name]}")
+                continue
+            if round_index >= args.warmup:
+                wall[name].append(seconds[0])
+                cpu[name].append(seconds[1])
+        trainers = {name: t for name, t in trainers.items() if name not in errors}
+    load_after = os.getloadavg()
+    medians = {name: statistics.median(values) for name, values in wall.items() if values}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items() if values}
+    if REFERENCE not in medians:
+        raise SystemExit(f"the reference {REFERENCE!r} failed: {errors.get(REFERENCE)}")
+    result = {
+        "command": " ".join(
+            ["python benchmarks/step_cost.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "reference": REFERENCE,
+        "ratios": {n: round(m / medians[REFERENCE], 3) for n, m in medians.items()},
+        "cpu_ratios": {n: round(m / cpu_medians[REFERENCE], 3) for n, m in cpu_medians.items()},
+        "median_step_seconds": {n: round(m, 4) for n, m in medians.items()},
+        "active_step_share": {
+            n: round(sum(flags) / len(flags), 3) for n, flags in active.items() if flags
+        },
+        "rlar_breakdown_seconds": rlar_breakdown(model, batch, max(2, args.repeats // 3), device)
+        if any(name.startswith("rlar") for name in medians)
+        else {},
+        "errors": errors,
+        "settings": {
+            "batch": args.batch,
+            "image_size": [args.size, args.size],
+            "backbone": args.backbone,
+            "decoder_norm": args.decoder_norm,
+            "device": str(device),
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "rlar_defaults": repr(RLAR(warmup_epochs=0)),
+            "rlar_configs": RLAR_CONFIGS,
+        },
+        "machine": {
+            **machine(args.threads),
+            "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

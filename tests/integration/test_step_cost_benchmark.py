@@ -1,0 +1,39 @@
+"""The step-cost benchmark runs end to end and covers every registered gradient method."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from thyroid_monai.mtl import GRADIENT_METHODS
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "step_cost.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_registered_method_and_the_rlar_variants_are_timed_by_default():
+    benchmark = load_benchmark()
+    names = benchmark.configurations(None)
+    assert set(GRADIENT_METHODS) <= set(names)
+    assert {"rlar", "rlar_every2", "rlar_detach_seg"} <= set(names)
+    assert names["rlar_every2"] == ("sum", {"tau": -1.0, "every": 2})
+
+
+def test_quick_run_writes_ratios_settings_and_machine(tmp_path):
+    benchmark = load_benchmark()
+    out = tmp_path / "step_cost.json"
+    benchmark.main(["--quick", "--methods", "rlar_every2", "--repeats", "1", "--warmup", "0",
+                    "--threads", "1", "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["ratios"]["sum"] == 1.0
+    assert set(result["ratios"]) == {"sum", "rlar_every2"}
+    assert result["ratios"]["rlar_every2"] > 0
+    assert result["settings"]["image_size"] == [64, 64]
+    assert result["machine"]["torch_threads"] == 1
+    assert result["rlar_breakdown_seconds"]["final_backward_with_second_order"] > 0
+    assert result["errors"] == {}

@@ -1,0 +1,136 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from thyroid_monai import keys
+from thyroid_monai.losses import (
+    MultitaskLoss,
+    coral_loss,
+    masked_binary_cross_entropy,
+    masked_regression,
+    soft_or_hard_cross_entropy,
+)
+
+
+def test_mask_loss_equals_monai_dice_ce_on_hard_labels_and_accepts_soft_ones():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 16, 16, generator=generator, requires_grad=True)
+    mask = (torch.rand(3, 1, 16, 16, generator=generator) > 0.5).float()
+    loss = MultitaskLoss()
+    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, mask)
+    torch.testing.assert_close(loss.mask_loss(logits, mask), expected)
+    # two readers who disagree on every pixel: the soft target is 0.5 everywhere
+    soft = loss.mask_loss(logits, torch.full_like(mask, 0.5))
+    soft.backward()
+    assert math.isfinite(soft.item())
+    assert torch.count_nonzero(logits.grad) > 0
+
+
+def test_level_cross_entropy_hard_soft_smoothing_and_weights():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 3, generator=generator)
+    labels = torch.tensor([0, 2, 1, 2])
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    expected = F.cross_entropy(logits, labels, weight=weights, label_smoothing=0.1)
+    loss = MultitaskLoss(label_smoothing=0.1, class_weights=[1.0, 2.0, 0.5])
+    torch.testing.assert_close(loss({keys.CLS: logits}, {keys.CLS: labels})[keys.CLS], expected)
+    one_hot = F.one_hot(labels, 3).float()
+    torch.testing.assert_close(
+        soft_or_hard_cross_entropy(logits, one_hot), F.cross_entropy(logits, labels)
+    )
+    # unknown labels (-1, or a NaN distribution row) are left out
+    partial = torch.tensor([0, -1, 1, -1])
+    torch.testing.assert_close(
+        soft_or_hard_cross_entropy(logits, partial), F.cross_entropy(logits[[0, 2]], labels[[0, 2]])
+    )
+    nan_row = one_hot.clone()
+    nan_row[1] = float("nan")
+    torch.testing.assert_close(
+        soft_or_hard_cross_entropy(logits, nan_row),
+        F.cross_entropy(logits[[0, 2, 3]], labels[[0, 2, 3]]),
+    )
+
+
+def test_coral_loss_is_the_mean_binary_cross_entropy_over_thresholds():
+    cumulative = torch.tensor([[2.0, 0.0, -1.0]])
+    label = torch.tensor([2])  # above 0: yes, above 1: yes, above 2: no
+    probabilities = torch.sigmoid(cumulative)[0]
+    expected = (
+        -(
+            torch.log(probabilities[0])
+            + torch.log(probabilities[1])
+            + torch.log(1 - probabilities[2])
+        )
+        / 3
+    )
+    torch.testing.assert_close(coral_loss(cumulative, label), expected)
+    loss = MultitaskLoss(level_loss="coral")
+    outputs = {keys.CLS: torch.zeros(1, 4), keys.CLS_ORDINAL: cumulative}
+    torch.testing.assert_close(loss(outputs, {keys.CLS: label})[keys.CLS], expected)
+    with pytest.raises(ValueError, match="level_head"):
+        loss({keys.CLS: torch.zeros(1, 4)}, {keys.CLS: label})
+    with pytest.raises(ValueError, match="class_weights"):
+        MultitaskLoss(level_loss="coral", class_weights=[1.0, 1.0])
+
+
+def test_radiomics_loss_ignores_missing_entries():
+    prediction = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    target = torch.tensor([[1.5, float("nan"), 1.0], [float("nan"), 1.0, float("nan")]])
+    loss = masked_regression(prediction, target, "mse")
+    assert loss.item() == pytest.approx((0.25 + 4.0 + 1.0) / 3)
+    loss.backward()
+    assert prediction.grad[0, 1] == 0
+    assert prediction.grad[1, 0] == 0
+    smooth = masked_regression(prediction, target, "smooth_l1", beta=1.0)
+    assert smooth.item() == pytest.approx((0.125 + 1.5 + 0.5) / 3)
+
+
+def test_a_task_without_any_known_target_gives_an_attached_zero():
+    prediction = torch.randn(2, 3, requires_grad=True)
+    unknown = torch.full((2, 3), float("nan"))
+    for loss in (
+        masked_regression(prediction, unknown, "mse"),
+        masked_binary_cross_entropy(prediction, unknown),
+        soft_or_hard_cross_entropy(prediction, torch.tensor([-1, -1])),
+    ):
+        assert loss.item() == 0.0
+        (gradient,) = torch.autograd.grad(loss, prediction)
+        assert torch.count_nonzero(gradient) == 0
+
+
+def test_descriptor_losses_per_task_with_partial_labels():
+    generator = torch.Generator().manual_seed(2)
+    outputs = {
+        "desc_composition": torch.randn(3, 5, generator=generator),
+        "desc_shape": torch.randn(3, 2, generator=generator),
+        "desc_foci": torch.randn(3, 4, generator=generator),
+    }
+    targets = {
+        "desc_composition": torch.tensor([3, -1, 0]),
+        "desc_shape": torch.tensor([1, 0, 1]),
+        "desc_foci": torch.tensor([[0.0, 0, 0, 1], [float("nan")] * 4, [1.0, 0, 0, 0]]),
+    }
+    losses = MultitaskLoss()(outputs, targets)
+    assert set(losses) == {"desc_composition", "desc_shape", "desc_foci"}
+    torch.testing.assert_close(
+        losses["desc_composition"],
+        F.cross_entropy(outputs["desc_composition"][[0, 2]], torch.tensor([3, 0])),
+    )
+    torch.testing.assert_close(
+        losses["desc_foci"],
+        F.binary_cross_entropy_with_logits(
+            outputs["desc_foci"][[0, 2]], targets["desc_foci"][[0, 2]]
+        ),
+    )
+
+
+def test_losses_need_a_task_with_output_and_target_and_valid_options():
+    with pytest.raises(ValueError, match="no task"):
+        MultitaskLoss()({keys.SEG: torch.zeros(1, 2, 4, 4)}, {keys.CLS: torch.tensor([0])})
+    with pytest.raises(ValueError, match="label_smoothing"):
+        MultitaskLoss(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="radiomics_loss"):
+        MultitaskLoss(radiomics_loss="huber")  # type: ignore[arg-type]
