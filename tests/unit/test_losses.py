@@ -134,3 +134,13 @@ def test_losses_need_a_task_with_output_and_target_and_valid_options():
         MultitaskLoss(label_smoothing=1.0)
     with pytest.raises(ValueError, match="radiomics_loss"):
         MultitaskLoss(radiomics_loss="huber")  # type: ignore[arg-type]
+
+
+def test_active_task_weights_keep_only_the_trained_tasks_and_name_a_missing_weight():
+    from thyroid_monai.losses import active_task_weights
+
+    weights = {"seg": 1.0, "cls": 2.0, "rad": 0.3, "desc_shape": 0.2}
+    assert active_task_weights(weights) == {"seg": 1.0, "cls": 2.0}
+    assert active_task_weights(weights, mask=False, radiomics=True) == {"cls": 2.0, "rad": 0.3}
+    with pytest.raises(KeyError, match="desc_composition"):
+        active_task_weights(weights, descriptors=True)
