@@ -1,0 +1,443 @@
+"""Accuracy under reader variability: every training method against the phantom's truth.
+
+For each reader-variability preset (``none``, ``moderate``, ``strong``) a phantom dataset is
+written once (patient-level folds plus a held-out test split of patients). Every method is then
+trained through the MONAI bundle (``configs/train.yaml``, checkpoint selected on the fold's
+validation patients), and its best checkpoint is evaluated through ``configs/evaluate.yaml`` on the
+held-out test patients. Training uses the readers' consensus labels, as a real team would; scores
+are computed against the phantom's *true* mask and level, which a real data set never has.
+
+Methods (name -> what changes from ``train.yaml``):
+
+* ``mask_only`` / ``level_only``: single-task baselines (``use_level`` / ``use_mask`` false);
+* ``sum``: multitask, weighted sum of the task losses (the reference);
+* ``sum_radiomics``: + the radiomics-guided embedding (``use_radiomics``);
+* ``rlar``: + radiomics + the RLAR regulariser (``use_rlar``; RLAR's warm-up scaled to the run);
+* ``camegrad``, ``pcgrad``, ``cagrad``, ``uncertainty``, ``gradnorm``: gradient methods on the
+  multitask model (``gradient_method_name``).
+
+Every (variability, method, seed, fold) run writes its scores to ``<work>/runs/.../scores.json``
+and is skipped when that file exists, so an interrupted benchmark resumes where it stopped.
+
+Outputs in ``benchmarks/results/`` (``accuracy_quick*`` with ``--quick``): per-run CSV, summary
+CSV and Markdown (mean and standard deviation per variability and method; the paired comparison
+of RLAR against the weighted sum per fold and seed), and a PNG plot. Each table says above it the
+command that produced it.
+
+    python benchmarks/accuracy.py --quick        # the CPU settings (under 1 hour on 2 cores)
+    python benchmarks/accuracy.py --device cuda  # the full settings, for a GPU
+    python benchmarks/accuracy.py --quick --methods sum rlar --variability strong
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+REFERENCE, CHALLENGER = "sum", "rlar"
+VARIABILITIES = ("none", "moderate", "strong")
+METRICS = ("dice", "hd95_mm", "macro_f1", "qwk", "auc")
+"""The scores compared, all against the phantom's truth."""
+HIGHER_IS_BETTER = {"dice": True, "hd95_mm": False, "macro_f1": True, "qwk": True, "auc": True}
+METHODS: dict[str, dict[str, Any]] = {
+    "mask_only": {"use_level": False},
+    "level_only": {"use_mask": False},
+    "sum": {},
+    "sum_radiomics": {"use_radiomics": True},
+    "rlar": {"use_radiomics": True, "use_rlar": True},
+    "camegrad": {"gradient_method_name": "camegrad"},
+    "pcgrad": {"gradient_method_name": "pcgrad"},
+    "cagrad": {"gradient_method_name": "cagrad"},
+    "uncertainty": {"gradient_method_name": "uncertainty"},
+    "gradnorm": {"gradient_method_name": "gradnorm"},
+}
+"""Bundle overrides of each method over ``train.yaml``."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One benchmark's scale. ``QUICK`` fits a 2-core CPU in under an hour; ``FULL`` is for a GPU.
+
+    Attributes:
+        images: Phantom images per variability (3 views per patient).
+        render_size: Rendered image side (pixels) before resizing to ``image_size``.
+        image_size: Network input side.
+        epochs: Training epochs per run.
+        folds: Patient-level folds (K); every fold is run.
+        seeds: Training seeds.
+        backbone: FlexibleUNet encoder.
+        batch_size: Training batch size.
+        rlar_warmup_epochs: RLAR's warm-up (papers.md: 5 of 100 epochs; scaled for short runs).
+    """
+
+    images: int
+    render_size: int
+    image_size: int
+    epochs: int
+    folds: int
+    seeds: tuple[int, ...]
+    backbone: str
+    batch_size: int
+    rlar_warmup_epochs: int
+    test_fraction: float = 0.2
+    readers: int = 3
+
+
+QUICK = Settings(
+    images=90, render_size=128, image_size=64, epochs=5, folds=2, seeds=(0, 1, 2),
+    backbone="resnet10", batch_size=8, rlar_warmup_epochs=1,
+)  # fmt: skip
+FULL = Settings(
+    images=900, render_size=256, image_size=256, epochs=60, folds=5, seeds=(0, 1, 2),
+    backbone="resnet18", batch_size=16, rlar_warmup_epochs=5,
+)  # fmt: skip
+
+
+@dataclass
+class RunScores:
+    """The test scores of one trained run (``None`` where the task was not trained)."""
+
+    variability: str
+    method: str
+    seed: int
+    fold: int
+    scores: dict[str, float | None] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def dataset(root: Path, variability: str, settings: Settings, radiomics: bool) -> Path:
+    """Writes (once) the phantom dataset of one variability preset; returns its folder."""
+    from data_prep.phantom import write_phantom_dataset
+    from thyroid_monai.synthetic import PhantomConfig, RenderSettings
+
+    folder = root / f"data_{variability}"
+    datalist = folder / "datalist.json"
+    if not datalist.is_file():
+        config = PhantomConfig(
+            seed=0,
+            readers=settings.readers,
+            variability=variability,
+            render=RenderSettings(height=settings.render_size, width=settings.render_size),
+        )
+        write_phantom_dataset(
+            folder,
+            settings.images,
+            config,
+            folds=settings.folds,
+            test_fraction=settings.test_fraction,
+            progress=False,
+        )
+    if radiomics and "radiomics" not in json.loads(datalist.read_text()):
+        from data_prep.targets import write_radiomics_targets
+
+        # Statistics come from the training items (every fold); the test patients stay unseen.
+        write_radiomics_targets(datalist, progress=False)
+    return folder
+
+
+TRUTH_METRICS = {
+    "dice": "val_mean_dice_truth",
+    "hd95_mm": "val_hd95_mm_truth",
+    "macro_f1": "val_macro_f1_truth",
+    "qwk": "val_qwk_truth",
+    "auc": "val_auc_truth",
+}
+"""Benchmark metric -> the evaluation's score against the phantom's truth (``eval/metrics.csv``)."""
+
+
+def truth_scores(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """The scores against the phantom's truth; ``None`` for a task the run did not train."""
+    scores: dict[str, float | None] = {}
+    for name, key in TRUTH_METRICS.items():
+        value = metrics.get(key)
+        scores[name] = None if value is None or not math.isfinite(value) else float(value)
+    return scores
+
+
+def train_and_evaluate(
+    data_dir: Path, run_dir: Path, overrides: Mapping[str, Any]
+) -> dict[str, float | None]:
+    """Trains one configuration through the bundle and scores its best checkpoint on the test."""
+    from thyroid_monai.workflows import read_metrics_csv, run_bundle
+
+    run_bundle(["train.yaml"], run_dir=run_dir, dataset_dir=data_dir, tracking=False,
+               quiet=True, overrides=dict(overrides))  # fmt: skip
+    run_bundle(["train.yaml", "evaluate.yaml"], run_dir=run_dir, dataset_dir=data_dir,
+               tracking=False, quiet=True, overrides=dict(overrides))  # fmt: skip
+    return truth_scores(read_metrics_csv(run_dir / "eval" / "metrics.csv"))
+
+
+def run_overrides(method: str, settings: Settings, seed: int, fold: int, device: str) -> dict:
+    """The bundle overrides of one run."""
+    return {
+        "fold": fold,
+        "seed": seed,
+        "max_epochs": settings.epochs,
+        "image_size": [settings.image_size, settings.image_size],
+        "backbone": settings.backbone,
+        "batch_size": settings.batch_size,
+        "rlar_warmup_epochs": settings.rlar_warmup_epochs,
+        "log_iterations": False,
+        "device": f"$torch.device('{device}')",
+        **METHODS[method],
+    }
+
+
+def run_all(
+    work: Path,
+    settings: Settings,
+    methods: Sequence[str],
+    variabilities: Sequence[str],
+    device: str,
+) -> list[RunScores]:
+    """Every run, resuming from the scores already on disk."""
+    needs_radiomics = any(METHODS[m].get("use_radiomics") for m in methods)
+    records: list[RunScores] = []
+    total = len(variabilities) * len(methods) * len(settings.seeds) * settings.folds
+    for variability in variabilities:
+        data_dir = dataset(work, variability, settings, needs_radiomics)
+        for seed in settings.seeds:
+            for fold in range(settings.folds):
+                for method in methods:
+                    run_dir = work / "runs" / variability / method / f"seed{seed}_fold{fold}"
+                    saved = run_dir / "scores.json"
+                    if saved.is_file():
+                        records.append(RunScores(**json.loads(saved.read_text())))
+                        continue
+                    started = time.perf_counter()
+                    overrides = run_overrides(method, settings, seed, fold, device)
+                    scores = train_and_evaluate(data_dir, run_dir, overrides)
+                    record = RunScores(variability, method, seed, fold, scores,
+                                       round(time.perf_counter() - started, 1))  # fmt: skip
+                    saved.write_text(json.dumps(asdict(record), indent=2) + "\n")
+                    records.append(record)
+                    print(f"[{len(records)}/{total}] {variability:<9}{method:<14}seed {seed} "
+                          f"fold {fold}: " + ", ".join(
+                              f"{k} {v:.3f}" for k, v in scores.items() if v is not None)
+                          + f" ({record.seconds:.0f} s)", flush=True)  # fmt: skip
+    return records
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float, float, int] | None:
+    """Mean, sample standard deviation and count of the defined values."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    spread = statistics.stdev(present) if len(present) > 1 else 0.0
+    return statistics.fmean(present), spread, len(present)
+
+
+def summarise(records: Sequence[RunScores]) -> list[dict[str, Any]]:
+    """One row per (variability, method): mean and standard deviation of every metric."""
+    rows = []
+    groups: dict[tuple[str, str], list[RunScores]] = {}
+    for record in records:
+        groups.setdefault((record.variability, record.method), []).append(record)
+    for (variability, method), group in groups.items():
+        row: dict[str, Any] = {"variability": variability, "method": method, "runs": len(group)}
+        for metric in METRICS:
+            summary = mean_std(r.scores.get(metric) for r in group)
+            row[f"{metric}_mean"] = None if summary is None else round(summary[0], 4)
+            row[f"{metric}_std"] = None if summary is None else round(summary[1], 4)
+        row["seconds_mean"] = round(statistics.fmean(r.seconds for r in group), 1)
+        rows.append(row)
+    return rows
+
+
+def paired_comparison(
+    records: Sequence[RunScores], challenger: str = CHALLENGER, reference: str = REFERENCE
+) -> list[dict[str, Any]]:
+    """Challenger minus reference per (variability, seed, fold): mean, wins, Wilcoxon p."""
+    from scipy.stats import wilcoxon
+
+    by_key = {(r.variability, r.method, r.seed, r.fold): r for r in records}
+    rows = []
+    for variability in dict.fromkeys(r.variability for r in records):
+        for metric in METRICS:
+            differences = []
+            for (v, method, seed, fold), record in by_key.items():
+                partner = by_key.get((v, reference, seed, fold))
+                if v != variability or method != challenger or partner is None:
+                    continue
+                a, b = record.scores.get(metric), partner.scores.get(metric)
+                if a is not None and b is not None:
+                    differences.append(a - b)
+            if not differences:
+                continue
+            sign = 1 if HIGHER_IS_BETTER[metric] else -1
+            wins = sum(sign * d > 0 for d in differences)
+            losses = sum(sign * d < 0 for d in differences)
+            nonzero = [d for d in differences if d != 0]
+            p_value = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else None
+            rows.append({
+                "variability": variability, "metric": metric, "pairs": len(differences),
+                "mean_difference": round(statistics.fmean(differences), 4),
+                "std_difference": round(statistics.stdev(differences), 4)
+                if len(differences) > 1 else 0.0,
+                "wins": wins, "losses": losses, "ties": len(differences) - wins - losses,
+                "wilcoxon_p": None if p_value is None else round(p_value, 4),
+            })  # fmt: skip
+    return rows
+
+
+def _cell(mean: float | None, std: float | None) -> str:
+    return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown(
+    command: str,
+    settings: Settings,
+    summary: Sequence[Mapping[str, Any]],
+    paired: Sequence[Mapping[str, Any]],
+    machine: str,
+) -> str:
+    """The summary and paired tables, with the command that produced them above."""
+    lines = [
+        "# Accuracy under reader variability (phantom, scores against the truth)",
+        "",
+        f"Produced by: `{command}`",
+        "",
+        f"Settings: {json.dumps(asdict(settings))}; machine: {machine}.",
+        "Training labels are the readers' consensus; the scores compare the best checkpoint "
+        "(selected on the fold's validation patients) with the phantom's true mask and level on "
+        "the held-out test patients. Mean ± standard deviation over seeds and folds.",
+        "",
+        "| variability | method | runs | Dice | HD95 (mm) | macro-F1 | QWK | AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary:
+        cells = [_cell(row[f"{m}_mean"], row[f"{m}_std"]) for m in METRICS]
+        lines.append(f"| {row['variability']} | {row['method']} | {row['runs']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lines += [
+        "",
+        f"## Paired comparison: {CHALLENGER} minus {REFERENCE} (same seed and fold)",
+        "",
+        "Wins count pairs where RLAR is better (higher, or lower for HD95). The Wilcoxon "
+        "signed-rank p-value is two-sided; with few pairs it cannot go below ~0.03.",
+        "",
+        "| variability | metric | pairs | mean difference | sd | wins / ties / losses | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in paired:
+        p = "n/a" if row["wilcoxon_p"] is None else f"{row['wilcoxon_p']:.3f}"
+        lines.append(
+            f"| {row['variability']} | {row['metric']} | {row['pairs']} | "
+            f"{row['mean_difference']:+.4f} | {row['std_difference']:.4f} | "
+            f"{row['wins']} / {row['ties']} / {row['losses']} | {p} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], command: str) -> None:
+    """A CSV whose first line is a comment with the command that produced it."""
+    if not rows:
+        return
+    with path.open("w", newline="") as handle:
+        handle.write(f"# {command}\n")
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(path: Path, summary: Sequence[Mapping[str, Any]], command: str) -> None:
+    """Bars of mean ± standard deviation per variability, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(row["method"] for row in summary))
+    variabilities = list(dict.fromkeys(row["variability"] for row in summary))
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4), squeeze=False)
+    width = 0.8 / max(len(methods), 1)
+    for axis, metric in zip(axes[0], METRICS, strict=True):
+        for index, method in enumerate(methods):
+            rows = {r["variability"]: r for r in summary if r["method"] == method}
+            means = [rows.get(v, {}).get(f"{metric}_mean") for v in variabilities]
+            stds = [rows.get(v, {}).get(f"{metric}_std") for v in variabilities]
+            xs = [i + index * width for i in range(len(variabilities))]
+            axis.bar(xs, [m if m is not None else 0 for m in means], width,
+                     yerr=[s if s is not None else 0 for s in stds], label=method)  # fmt: skip
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(variabilities))], variabilities)
+        axis.set_title(metric)
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle(command, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def describe_machine(device: str) -> str:
+    """CPU model and cores, or the GPU."""
+    import platform
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the CPU settings (see QUICK)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--variability", nargs="+", choices=VARIABILITIES,
+                        default=list(VARIABILITIES))  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the settings' seeds")
+    parser.add_argument("--epochs", type=int, help="override the settings' epochs")
+    parser.add_argument("--images", type=int, help="override the settings' images")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, help="data and runs (default benchmarks/.work/...)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", help="result file stem (accuracy or accuracy_quick)")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    for option in ("seeds", "epochs", "images"):
+        value = getattr(args, option)
+        if value is not None:
+            settings = Settings(**{**asdict(settings), option: tuple(value)
+                                   if option == "seeds" else value})  # fmt: skip
+    name = args.name or ("accuracy_quick" if args.quick else "accuracy")
+    work = args.work or Path(__file__).parent / ".work" / name
+    command = " ".join(["python benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
+    started = time.perf_counter()
+    records = run_all(work, settings, args.methods, args.variability, args.device)
+    summary, paired = summarise(records), paired_comparison(records)
+    machine = describe_machine(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / f"{name}_runs.csv", [
+        {"variability": r.variability, "method": r.method, "seed": r.seed, "fold": r.fold,
+         **r.scores, "seconds": r.seconds} for r in records
+    ], command)  # fmt: skip
+    write_csv(args.out / f"{name}.csv", summary, command)
+    write_csv(args.out / f"{name}_paired.csv", paired, command)
+    (args.out / f"{name}.md").write_text(markdown(command, settings, summary, paired, machine))
+    plot(args.out / f"{name}.png", summary, command)
+    print((args.out / f"{name}.md").read_text())
+    print(f"{len(records)} runs in {time.perf_counter() - started:.0f} s (runs on disk reused)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
