@@ -71,6 +71,29 @@ def assign_folds(
     return [{**item, "fold": fold_of[str(item[group_key])]} for item in items]
 
 
+def _stratum_quotas(
+    by_stratum: Mapping[Any, Sequence[str]], fraction: float, rng: np.random.Generator
+) -> dict[Any, int]:
+    """Held-out patients per stratum, shared by largest remainder.
+
+    ``round(fraction * patients)`` in total, at least one when there are two patients or more.
+
+    Rounding each stratum on its own would hold out nobody when every stratum is small (ten
+    patients in six TI-RADS levels at 20 %); the total is what the user asked for.
+    """
+    patients = sum(len(members) for members in by_stratum.values())
+    total = round(fraction * patients)
+    if total == 0 and patients > 1:
+        total = 1
+    exact = {stratum: fraction * len(members) for stratum, members in by_stratum.items()}
+    quotas = {stratum: int(np.floor(share)) for stratum, share in exact.items()}
+    # Remaining places go to the largest remainders; random ties, reproducible from the seed.
+    order = sorted(exact, key=lambda s: (-(exact[s] - quotas[s]), rng.random()))
+    for stratum in order[: max(total - sum(quotas.values()), 0)]:
+        quotas[stratum] += 1
+    return quotas
+
+
 def split_holdout(
     items: Sequence[Mapping[str, Any]],
     *,
@@ -90,10 +113,13 @@ def split_holdout(
         return [dict(item) for item in items], []
     _, strata = _patients(items, group_key, stratify_key)
     rng = np.random.default_rng(seed)
+    by_stratum = {
+        stratum: sorted(p for p, s in strata.items() if s == stratum)
+        for stratum in sorted(set(strata.values()))
+    }
     held: set[str] = set()
-    for stratum in sorted(set(strata.values())):
-        patients = sorted(p for p, s in strata.items() if s == stratum)
-        count = round(fraction * len(patients))
+    for stratum, count in _stratum_quotas(by_stratum, fraction, rng).items():
+        patients = by_stratum[stratum]
         held.update(patients[i] for i in rng.permutation(len(patients))[:count])
     kept = [dict(item) for item in items if str(item[group_key]) not in held]
     out = [dict(item) for item in items if str(item[group_key]) in held]

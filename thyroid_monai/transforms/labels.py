@@ -11,9 +11,16 @@ from monai.transforms import MapTransform, Transform
 
 from thyroid_monai.tirads import Scheme, UnknownLabelError, get_grouping
 
+UNKNOWN_LEVEL = -1
+"""Class index of a sample whose level is not known (``null`` in the datalist, e.g. a DDTI case
+without a TI-RADS grade): the level loss and scores skip it, the mask still trains."""
+
 
 class TiradsToIndex(Transform):
     """Maps a level name (or a list of them, one per reader) to class indices.
+
+    A missing level (``None``) becomes :data:`UNKNOWN_LEVEL`; a name that is not a level of the
+    scheme is an error.
 
     Args:
         grouping: Grouping name: ``acr5``, ``risk3``, ``binary`` (ACR) or ``kwak6``, ``binary``
@@ -33,8 +40,11 @@ class TiradsToIndex(Transform):
         if isinstance(label, torch.Tensor) and not label.is_floating_point():
             return label.long()  # already an index
         if isinstance(label, Sequence) and not isinstance(label, str):
-            return torch.tensor([self.grouping.index(item) for item in label], dtype=torch.long)
-        return torch.tensor(self.grouping.index(label), dtype=torch.long)
+            return torch.tensor([self._index(item) for item in label], dtype=torch.long)
+        return torch.tensor(self._index(label), dtype=torch.long)
+
+    def _index(self, label: object) -> int:
+        return UNKNOWN_LEVEL if label is None else self.grouping.index(label)
 
 
 class TiradsToIndexd(MapTransform):

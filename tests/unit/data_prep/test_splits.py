@@ -63,3 +63,17 @@ def test_duplicates_join_patients_and_fixed_test_takes_whole_groups():
     training, testing = split_dataset(items, digests=digests, folds=3, fixed_test={"c9"})
     assert sorted(i["case_id"] for i in testing) == ["c1", "c5", "c9"]
     assert all("fold" not in i for i in testing)
+
+
+def test_small_strata_still_hold_out_the_requested_share_of_patients():
+    # Ten patients spread over six levels: rounding per level would hold out nobody at 25 %.
+    levels = ["2", "2", "3", "4a", "4b", "4b", "4c", "5", "5", "3"]
+    records = [
+        {"patient": f"p{i}", "tirads": level, "image": f"{i}.nii.gz"}
+        for i, level in enumerate(levels)
+    ]
+    kept, held = split_holdout(records, fraction=0.25, seed=0)
+    assert len(held) == round(0.25 * len(records))
+    assert {r["patient"] for r in kept}.isdisjoint({r["patient"] for r in held})
+    assert split_holdout(records, fraction=0.25, seed=0) == (kept, held)  # reproducible
+    assert len(split_holdout(records[:2], fraction=0.1, seed=0)[1]) == 1  # at least one

@@ -1,0 +1,94 @@
+"""The accuracy, DDTI and inference-speed benchmarks run end to end at toy settings."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+DDTI_SAMPLE = Path(__file__).parents[3] / "shared" / "data" / "ddti_sample"
+
+
+@pytest.fixture
+def benchmarks(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import each other like this
+    import accuracy
+    import ddti
+    import inference_speed
+
+    return accuracy, ddti, inference_speed
+
+
+def read_csv(path):
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# python benchmarks/")  # the command above the table
+    return list(csv.DictReader(lines[1:]))
+
+
+def test_accuracy_trains_through_the_bundle_and_pairs_rlar_with_sum(benchmarks, tmp_path):
+    accuracy = benchmarks[0]
+    out = tmp_path / "results"
+    accuracy.main(["--quick", "--methods", "sum", "rlar", "--variability", "strong", "--seeds",
+                   "0", "--epochs", "1", "--images", "30", "--work", str(tmp_path / "work"),
+                   "--out", str(out), "--name", "toy"])  # fmt: skip
+    runs = read_csv(out / "toy_runs.csv")
+    assert {(r["method"], r["fold"]) for r in runs} == {
+        (m, f) for m in ("sum", "rlar") for f in ("0", "1")
+    }
+    assert all(0.0 <= float(r["dice"]) <= 1.0 and r["macro_f1"] != "" for r in runs)
+    summary = read_csv(out / "toy.csv")
+    assert {r["method"] for r in summary} == {"sum", "rlar"}
+    paired = read_csv(out / "toy_paired.csv")
+    assert {r["metric"] for r in paired} == set(accuracy.METRICS)
+    assert all(r["pairs"] == "2" for r in paired)
+    table = (out / "toy.md").read_text()
+    assert "Produced by: `python benchmarks/accuracy.py --quick" in table
+    assert (out / "toy.png").read_bytes().startswith(b"\x89PNG")
+    # A second invocation reuses every finished run instead of training again.
+    scores = tmp_path / "work" / "runs" / "strong" / "sum" / "seed0_fold0" / "scores.json"
+    before = scores.stat().st_mtime_ns
+    accuracy.main(["--quick", "--methods", "sum", "rlar", "--variability", "strong", "--seeds",
+                   "0", "--epochs", "1", "--images", "30", "--work", str(tmp_path / "work"),
+                   "--out", str(out), "--name", "toy"])  # fmt: skip
+    assert scores.stat().st_mtime_ns == before
+
+
+def test_level_only_runs_have_no_mask_scores(benchmarks):
+    accuracy = benchmarks[0]
+    scores = accuracy.truth_scores({"val_macro_f1_truth": 0.4, "val_qwk_truth": float("nan")})
+    assert scores["dice"] is None
+    assert scores["qwk"] is None
+    assert scores["macro_f1"] == 0.4
+
+
+@pytest.mark.skipif(not DDTI_SAMPLE.is_dir(), reason=f"DDTI sample not found at {DDTI_SAMPLE}")
+def test_ddti_recipe_prepares_trains_and_evaluates_the_sample(benchmarks, tmp_path):
+    ddti = benchmarks[1]
+    out = tmp_path / "results"
+    ddti.main(["--ddti", str(DDTI_SAMPLE), "--quick", "--methods", "sum", "--folds", "2",
+               "--epochs", "1", "--image-size", "64", "--test-fraction", "0.25",
+               "--work", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
+    datalist = json.loads((tmp_path / "work" / "data" / "datalist.json").read_text())
+    assert datalist["testing"], "the recipe holds out test patients"
+    runs = read_csv(out / "ddti_quick_runs.csv")
+    assert [(r["method"], r["fold"]) for r in runs] == [("sum", "0"), ("sum", "1")]
+    assert all(r["dice"] != "" and r["accuracy"] != "" for r in runs)
+    assert "Produced by: `python benchmarks/ddti.py" in (out / "ddti_quick.md").read_text()
+
+
+def test_ddti_recipe_refuses_a_folder_that_is_not_ddti(benchmarks, tmp_path):
+    with pytest.raises(SystemExit):
+        benchmarks[1].main(["--ddti", str(tmp_path), "--quick"])
+
+
+def test_inference_speed_compares_multitask_with_segmentation_only(benchmarks, tmp_path):
+    out = tmp_path / "inference_speed.json"
+    report = benchmarks[2].main(["--quick", "--rounds", "1", "--size", "32", "--backbone",
+                                 "resnet10", "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == report
+    for batch in ("batch_1", "batch_16"):
+        result = report["results"][batch]
+        assert result["multitask"]["images_per_second"] > 0
+        assert result["multitask_to_segmentation_time_ratio"] > 0
+    assert report["parameters"]["multitask"] > report["parameters"]["segmentation_only"]
