@@ -63,8 +63,9 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short epoch through ``python -m monai.bundle run`` from the repository root."""
     run_dir = tmp_path_factory.mktemp("run")
-    bundle_command("run", "--config_file", config_list(CONFIGS / "train.yaml"),
-                   "--bundle_root", str(run_dir), "--dataset_dir", str(phantom), *SHORT_RUN)  # fmt: skip
+    configs = config_list(CONFIGS / "train.yaml")
+    bundle_command("run", "--config_file", configs, "--bundle_root", str(run_dir),
+                   "--dataset_dir", str(phantom), *SHORT_RUN)  # fmt: skip
     return run_dir
 
 
@@ -188,7 +189,7 @@ def test_multi_gpu_config_trains_two_gloo_processes_to_equal_weights(
     fingerprint = tmp_path / "rank_state.yaml"
     fingerprint.write_text(
         "+finalize:\n"
-        "  - \"$torch.save(@network.module.state_dict(), "
+        '  - "$torch.save(@network.module.state_dict(), '
         "@bundle_root + '/rank' + os.environ['RANK'] + '.pt')\"\n"
     )
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
