@@ -15,6 +15,31 @@ from monai.transforms import Compose, Randomizable
 
 from thyroid_monai.engine.metrics import MultitaskScores
 from thyroid_monai.io.files import atomic_path, write_json_atomic
+from thyroid_monai.mtl.distributed import average_buffers
+
+
+class BufferAveraging:
+    """Averages the network's buffers over the ranks at every epoch end (data-parallel runs).
+
+    Under DDP the multitask step keeps BatchNorm running statistics local to each rank (see
+    :func:`~thyroid_monai.mtl.distributed.average_buffers`); averaging them before validation and
+    checkpointing makes every rank validate and hold the same model. Attach it before the
+    validation and checkpoint handlers (``configs/multi_gpu_train.yaml`` puts it first). Outside
+    a process group it does nothing.
+
+    Args:
+        network: The trained network (DDP-wrapped or not).
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        """Registers the averaging at ``EPOCH_COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        average_buffers(self.network)
 
 
 class TrainingCheckpointSaver(CheckpointSaver):

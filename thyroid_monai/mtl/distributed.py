@@ -58,3 +58,29 @@ def all_reduce_gradients(params: Sequence[torch.Tensor]) -> None:
     for p in trainable:
         p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
         offset += p.numel()
+
+
+def average_buffers(module: torch.nn.Module) -> int:
+    """Averages the floating-point buffers of ``module`` over the ranks (BatchNorm statistics).
+
+    The trainer's forward passes run under ``no_sync``, where DistributedDataParallel does not
+    broadcast buffers, so each rank's running statistics follow its own batches. Averaging them
+    makes every rank hold the same model again (integer buffers such as ``num_batches_tracked``
+    already agree). Does nothing outside an initialised process group of more than one rank.
+
+    Returns:
+        How many buffers were averaged.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return 0
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for buffer in buffers:
+        buffer.copy_(flat[offset : offset + buffer.numel()].view_as(buffer))
+        offset += buffer.numel()
+    return len(buffers)
