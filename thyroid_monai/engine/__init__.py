@@ -2,6 +2,7 @@
 
 from thyroid_monai.engine.evaluator import MultitaskEvaluator
 from thyroid_monai.engine.handlers import (
+    AtomicCheckpointSaver,
     EvaluationReportSaver,
     RandomStates,
     TrainingCheckpointLoader,
@@ -12,6 +13,7 @@ from thyroid_monai.engine.prepare import MultitaskPrepareBatch
 from thyroid_monai.engine.trainer import EpochScalarMeans, MultitaskTrainer
 
 __all__ = [
+    "AtomicCheckpointSaver",
     "EpochScalarMeans",
     "EvaluationReportSaver",
     "LevelScore",
