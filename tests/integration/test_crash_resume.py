@@ -82,7 +82,7 @@ def wait_for_logged_epoch(run_dir: Path, process: subprocess.Popen, log: Path) -
 
 def model_weights(path: Path) -> dict[str, torch.Tensor]:
     checkpoint = load_checkpoint(path)
-    return checkpoint["model"] if "model" in checkpoint else checkpoint
+    return checkpoint.get("model", checkpoint)
 
 
 def test_kill_9_then_the_same_command_resumes_into_the_same_run(tmp_path: Path) -> None:
@@ -97,7 +97,8 @@ def test_kill_9_then_the_same_command_resumes_into_the_same_run(tmp_path: Path) 
     crashed.send_signal(signal.SIGKILL)
     assert crashed.wait(timeout=TIMEOUT_S) == -signal.SIGKILL
     killed_after = sorted(p.name for p in (crashed_dir / "models").glob("checkpoint_epoch=*.pt"))
-    assert killed_after and killed_after[-1] != f"checkpoint_epoch={EPOCHS}.pt", killed_after
+    assert killed_after, "killed before the first checkpoint"
+    assert killed_after[-1] != f"checkpoint_epoch={EPOCHS}.pt", "killed after the last epoch"
 
     resumed = start(crashed_dir, data, tmp_path / "resumed.log")
     finish(resumed, tmp_path / "resumed.log")
@@ -116,7 +117,7 @@ def test_kill_9_then_the_same_command_resumes_into_the_same_run(tmp_path: Path) 
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "crash-test"
     assert read_run_file(crashed_dir / "eval" / "mlflow_run.json")["run_id"] == run.info.run_id  # type: ignore[index]
-    for key in ("train_loss", "train_loss_seg", "val_mean_dice", "val_accuracy", "lr"):
+    for key in ("train_loss", "train_loss_seg", "train_loss_cls", "val_mean_dice", "val_accuracy"):
         steps = history(crashed_dir, run.info.run_id, key)
         assert [step for step, _ in steps] == list(range(1, EPOCHS + 1)), key
         assert steps == history(straight_dir, reference.info.run_id, key), key

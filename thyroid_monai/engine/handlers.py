@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
-import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
@@ -40,9 +40,7 @@ class AtomicDiskSaver(BaseSaveHandler):
         self.save_on_rank = save_on_rank
         self._pending_removals: list[str] = []
 
-    def __call__(
-        self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None
-    ) -> None:
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         """Writes ``checkpoint`` atomically, then removes the files it replaces."""
         if idist.get_rank() != self.save_on_rank:
             return
@@ -78,7 +76,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         )
         for checkpoint, fixed_name in fixed_names:
             if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, fixed_name)
+                # ignite types the attribute as the saver it was built with; any save handler works
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, fixed_name)  # type: ignore[assignment]
 
     def state_dict(self) -> dict[str, Any]:
         """The key-metric memory (empty without ``save_key_metric``)."""
@@ -112,13 +111,26 @@ class TrainingCheckpointSaver(AtomicCheckpointSaver):
     def __init__(self, key: str = "trainer", **kwargs: Any):
         super().__init__(**kwargs)
         self.engine_key = key
+        self._attached = False
 
     def attach(self, engine: Engine) -> None:
-        """Adds ``engine`` to the saved objects, then attaches as ``CheckpointSaver`` does."""
+        """Adds ``engine`` to the saved objects; attaches the saves when the run starts.
+
+        Attaching at ``STARTED``, after every other handler was attached, makes the save the last
+        thing done at the end of an epoch: the epoch's metrics are tracked and its figures drawn
+        before its checkpoint exists, so a run killed in between and resumed from that checkpoint
+        has lost no record. (Handlers run in the order they were attached; the tracking handlers
+        are appended to the bundle's list after this one.)
+        """
         # ignite's Checkpoint keeps a reference to this same dictionary, so the entry added here
         # is saved from the first checkpoint on.
         self.save_dict[self.engine_key] = engine
-        super().attach(engine)
+        engine.add_event_handler(Events.STARTED, self._attach_last)
+
+    def _attach_last(self, engine: Engine) -> None:
+        if not self._attached:
+            super().attach(engine)
+            self._attached = True
 
 
 class TrainingCheckpointLoader(CheckpointLoader):

@@ -34,9 +34,7 @@ class UntrustedCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs a full unpickle (it may run code) and was not marked as trusted."""
 
 
-def load_checkpoint(
-    path: str | Path, *, trust: bool = False, map_location: Any = "cpu"
-) -> Any:
+def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: Any = "cpu") -> Any:
     """Loads a file written by ``torch.save`` without running code from it, unless trusted.
 
     Args:
@@ -67,6 +65,34 @@ def load_checkpoint(
             ) from error
     logger.warning("fully unpickling %s (trusted by the caller)", path)
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_logged_model(model_uri: str, *, trust: bool = False, map_location: Any = "cpu") -> Any:
+    """Loads an ``mlflow.pytorch`` model (a whole pickled module), only when trusted.
+
+    A model logged by :func:`thyroid_monai.registry.register_model` is a pickle of the network:
+    loading it runs code from the tracking server's artifact store. Without ``trust`` this
+    refuses; the safe alternative is to build the network from the bundle config and load a
+    checkpoint's weights with :func:`load_checkpoint`.
+
+    Args:
+        model_uri: ``models:/name@alias``, ``runs:/id/model``...
+        trust: The tracking server and its artifact store are trusted.
+        map_location: Device for the loaded tensors.
+
+    Raises:
+        UntrustedCheckpointError: Without ``trust`` (names the URI and the flag).
+    """
+    if not trust:
+        raise UntrustedCheckpointError(
+            f"the MLflow model {model_uri} is a pickled module, which can run code when loaded; "
+            "load it only from a tracking server you trust, with trust=True (--trust-model on "
+            "the command line), or load a checkpoint's weights with load_checkpoint"
+        )
+    import mlflow.pytorch
+
+    logger.warning("fully unpickling the MLflow model %s (trusted by the caller)", model_uri)
+    return mlflow.pytorch.load_model(model_uri, map_location=map_location)
 
 
 def save_checkpoint_atomic(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
@@ -156,6 +182,7 @@ __all__ = [
     "is_complete_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_logged_model",
     "resume_checkpoint",
     "save_checkpoint_atomic",
 ]

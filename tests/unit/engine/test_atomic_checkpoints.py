@@ -48,7 +48,8 @@ def test_the_previous_checkpoint_stays_until_the_next_one_is_whole(tmp_path):
     with pytest.raises(Exception):  # noqa: B017, PT011 - whatever pickling raises
         engine.run([0], max_epochs=3)
     (kept,) = tmp_path.iterdir()
-    assert kept.name == "model_epoch=2.pt" and is_complete_checkpoint(kept)
+    assert kept.name == "model_epoch=2.pt"
+    assert is_complete_checkpoint(kept)
     assert torch.equal(load_checkpoint(kept)["weight"], torch.full((2,), 2.0))
 
 

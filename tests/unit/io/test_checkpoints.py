@@ -20,7 +20,8 @@ from thyroid_monai.io.checkpoints import (
 
 
 def test_a_tensor_checkpoint_round_trips_without_a_full_unpickle(tmp_path):
-    path = save_checkpoint_atomic({"model": {"w": torch.arange(4.0)}, "epoch": 3}, tmp_path / "c.pt")
+    checkpoint = {"model": {"w": torch.arange(4.0)}, "epoch": 3}
+    path = save_checkpoint_atomic(checkpoint, tmp_path / "c.pt")
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["model"]["w"], torch.arange(4.0))
     assert loaded["epoch"] == 3
@@ -57,7 +58,8 @@ def test_a_failed_save_keeps_the_previous_file(tmp_path):
 
 def write_epochs(folder: Path, epochs: list[int]) -> None:
     for epoch in epochs:
-        save_checkpoint_atomic({"epoch": torch.tensor(epoch)}, folder / f"checkpoint_epoch={epoch}.pt")
+        path = folder / f"checkpoint_epoch={epoch}.pt"
+        save_checkpoint_atomic({"epoch": torch.tensor(epoch)}, path)
 
 
 def test_the_newest_complete_checkpoint_is_found(tmp_path):
