@@ -103,6 +103,14 @@ class SourceCase:
         """Source entries of the manifest: path relative to the input root and SHA-256."""
         return [{"path": _relative(f, self.root), "sha256": file_sha256(f)} for f in self.files]
 
+    def recorded_key(self) -> str | None:
+        """The key as written into the case's resume record (``None``: it may identify)."""
+        return self.key
+
+    def record_name(self) -> str:
+        """File name of the case's resume record in ``.records/``."""
+        return f"{hashlib.sha256(self.key.encode()).hexdigest()}.json"
+
 
 def _relative(path: Path, root: Path) -> str:
     try:
@@ -190,19 +198,17 @@ def _convert_one(task: tuple[SourceCase, str]) -> _Outcome:
         return _Outcome(case.key, None, [Rejection(case.key, str(error))])
     skipped = list(getattr(case, "skipped", []))
     record = {
-        "key": case.key,
+        "key": case.recorded_key(),
         "sources": case.provenance(),
         "samples": written,
         "skipped": [[r.path, r.reason] for r in skipped],
     }
-    write_json_atomic(
-        out_dir / RECORDS / f"{hashlib.sha256(case.key.encode()).hexdigest()}.json", record
-    )
+    write_json_atomic(out_dir / RECORDS / case.record_name(), record)
     return _Outcome(case.key, record, skipped)
 
 
 def _reusable(case: SourceCase, out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / RECORDS / f"{hashlib.sha256(case.key.encode()).hexdigest()}.json"
+    path = out_dir / RECORDS / case.record_name()
     if not path.is_file():
         return None
     try:

@@ -90,6 +90,23 @@ class DicomCase(SourceCase):
             return super().provenance()
         return [{"path": None, "sha256": file_sha256(f)} for f in self.files]
 
+    def recorded_key(self) -> str | None:
+        """The key (a source path), or ``None`` when de-identifying.
+
+        Paths may name patients: exports are often filed by patient ID.
+        """
+        return self.key if self.deid is None else None
+
+    def record_name(self) -> str:
+        """A hash of the key, salted when de-identifying.
+
+        An unsalted hash of a path holding a patient ID can be reversed by trying every ID.
+        """
+        if self.deid is None:
+            return super().record_name()
+        salted = f"{self.deid.salt}\0{self.key}".encode()
+        return f"{hashlib.sha256(salted).hexdigest()}.json"
+
     def convert(self) -> list[Sample]:
         """Reads, (de-identifies,) crops and labels every kept frame."""
         try:

@@ -1,9 +1,11 @@
-"""Shared test settings: fixed seeds, deterministic CPU algorithms, the ``slow`` marker."""
+"""Shared test settings: fixed seeds, deterministic CPU algorithms, the ``slow`` marker, and the
+PHI check for output folders made from DICOM inputs."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +50,25 @@ def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test writes to a tracking server or the working directory's MLflow store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def assert_no_phi() -> Callable[[Path, Path], object]:
+    """A check for every output folder a test makes from DICOM inputs.
+
+    ``assert_no_phi(folder, source)`` runs the PHI audit on ``folder`` (DICOM attributes and
+    pixels, NIfTI headers) and searches every file under it, whatever its format (checkpoints,
+    MLflow stores and artifacts, configs, logs), for the patient names, IDs and institutions of
+    the DICOM files under ``source``; the test fails on any finding.
+    """
+    from data_prep.audit import audit_folder, source_identifiers
+
+    def check(folder: Path, source: Path) -> object:
+        identifiers = source_identifiers(source)
+        assert identifiers, f"no identifying values found in the DICOM source {source}"
+        report = audit_folder(folder, identifiers)
+        assert report.searched_files > 0, f"nothing to audit in {folder}"
+        assert not report.problems, f"PHI in {folder}:\n" + "\n".join(report.problems)
+        return report
+
+    return check

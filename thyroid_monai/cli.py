@@ -377,16 +377,25 @@ def _add_audit(subparsers: argparse._SubParsersAction) -> None:
         "pixels outside the ultrasound regions) and NIfTI header under a folder.",
     )
     parser.add_argument("folder", type=Path)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="the DICOM source the folder was made from: every file under the folder (any "
+        "format) must hold none of its patient names, IDs and institutions",
+    )
     parser.set_defaults(handler=_run_audit)
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from data_prep.audit import audit_folder
+    from data_prep.audit import audit_folder, source_identifiers
 
-    report = audit_folder(args.folder)
+    identifiers = source_identifiers(args.against) if args.against else []
+    report = audit_folder(args.folder, identifiers)
     for problem in report.problems:
         print(problem)
     checked = f"{report.dicom_files} DICOM and {report.nifti_files} NIfTI files"
+    if args.against:
+        checked += f", {report.searched_files} files searched for {len(identifiers)} identifiers"
     if report.passed:
         print(f"audit passed: {checked}, nothing identifying found")
         return 0

@@ -14,6 +14,13 @@ handler is :class:`ResilientMLFlowHandler`:
   ``thyroid-monai sync <fallback_dir>`` replays them later. Replay is idempotent: metric points,
   params and artifacts already on the server are not duplicated, and a run that started on the
   server continues there under its original id.
+
+A run folder remembers its MLflow run (``run_file``: run id and store), so that a training killed
+and started again with the same command continues the same run (``continue_run``) rather than
+opening a new one, and MONAI's default of joining *any* unfinished run of the experiment (another
+person's, on a shared server) never applies. A continued run skips the metric points it already
+holds (the epochs replayed after the last checkpoint are recorded once) and the params it already
+holds (MLflow params cannot change).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,12 +41,14 @@ from ignite.engine import Engine
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from monai.handlers import MLFlowHandler
+from monai.utils import flatten_dict
 
 from thyroid_monai.io.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "offline_tracking.json"
+RUNNING = "RUNNING"
 STORE_FILE = "mlruns.db"
 REMOTE_RUN_TAG = "thyroid_monai.remote_run_id"
 SYNCED_TAG = "thyroid_monai.synced_to"
@@ -79,6 +89,11 @@ class ResilientMLFlowHandler(MLFlowHandler):
         fallback_dir: Folder of the local store used during an outage (created on demand).
         probe_timeout: Seconds to wait for the server's health endpoint at start.
         replay_on_close: Replay the local records when the run closes and the server answers.
+        run_file: JSON file in the run folder naming the MLflow run of that folder (run id and
+            store). ``None``: MONAI's own choice of run.
+        continue_run: Continue the run named in ``run_file`` (a resumed training; the validator
+            joining its trainer's run). Otherwise a new run is started and recorded there, and
+            the run it replaces is marked ``KILLED`` if it was left running.
         **kwargs: Arguments of ``monai.handlers.MLFlowHandler``.
     """
 
@@ -87,6 +102,8 @@ class ResilientMLFlowHandler(MLFlowHandler):
         fallback_dir: str | Path,
         probe_timeout: float = 5.0,
         replay_on_close: bool = True,
+        run_file: str | Path | None = None,
+        continue_run: bool = False,
         **kwargs: Any,
     ):
         for variable, value in HTTP_DEFAULTS.items():
@@ -97,6 +114,11 @@ class ResilientMLFlowHandler(MLFlowHandler):
         self.replay_on_close = replay_on_close
         self.remote_uri = os.environ.get("MLFLOW_TRACKING_URI") or kwargs.get("tracking_uri") or ""
         self.offline = False
+        self.run_file = Path(run_file) if run_file is not None else None
+        self.continue_run = continue_run
+        # (metric key, step) points and params the continued run already held when it was opened
+        self._logged_points: set[tuple[str, int]] = set()
+        self._logged_params: dict[str, str] = {}
 
     def _go_offline(self, reason: BaseException | str) -> None:
         """Switches every further record to the local store, continuing the same run there."""
@@ -118,25 +140,112 @@ class ResilientMLFlowHandler(MLFlowHandler):
         self.cur_run = None
         _write_state(self.fallback_dir, self.remote_uri, pending=True)
         if remote_run_id is not None:
-            # The run had started on the server: continue it locally, tagged with the server's id
-            # so the replay appends to that run. The trainer's and the validator's handlers find
-            # the same local run through that tag.
-            self._set_experiment()
-            assert self.experiment is not None
-            existing = self.client.search_runs(
-                [self.experiment.experiment_id],
-                filter_string=f"tags.`{REMOTE_RUN_TAG}` = '{remote_run_id}'",
+            self.cur_run = self._local_continuation(remote_run_id)
+
+    def _local_continuation(self, remote_run_id: str) -> mlflow.entities.Run:
+        """The local run that continues a server run during an outage (found or created)."""
+        # Tagged with the server's id so the replay appends to that run. The trainer's and the
+        # validator's handlers (and a resumed training) find the same local run through that tag.
+        self._set_experiment()
+        assert self.experiment is not None
+        existing = self.client.search_runs(
+            [self.experiment.experiment_id],
+            filter_string=f"tags.`{REMOTE_RUN_TAG}` = '{remote_run_id}'",
+        )
+        running = [run for run in existing if run.info.status == RUNNING]
+        if running:
+            return running[0]
+        return self.client.create_run(
+            self.experiment.experiment_id,
+            run_name=self.run_name,
+            tags={REMOTE_RUN_TAG: remote_run_id},
+        )
+
+    def _recorded_run(self, recorded: dict[str, Any]) -> mlflow.entities.Run | None:
+        """The run named in the run file, if this handler's store holds it."""
+        if recorded.get("tracking_uri") == self.client.tracking_uri:
+            try:
+                return self.client.get_run(recorded["run_id"])
+            except MlflowException as error:
+                if is_unreachable(error):
+                    raise
+                return None
+        if self.offline and recorded.get("tracking_uri") == self.remote_uri:
+            return self._local_continuation(recorded["run_id"])
+        return None
+
+    def _open_run(self) -> None:
+        """Continues the run of the run file, or starts a new run and records it there."""
+        if self.cur_run is not None or self.run_file is None:
+            return
+        recorded = read_run_file(self.run_file)
+        if self.continue_run and recorded is not None:
+            run = self._recorded_run(recorded)
+            if run is not None:
+                self._continue(run)
+                return
+            logger.warning(
+                "the MLflow run %s recorded in %s is not in %s; starting a new run",
+                recorded.get("run_id"),
+                self.run_file,
+                self.client.tracking_uri,
             )
-            running = [run for run in existing if run.info.status == "RUNNING"]
-            self.cur_run = (
-                running[0]
-                if running
-                else self.client.create_run(
-                    self.experiment.experiment_id,
-                    run_name=self.run_name,
-                    tags={REMOTE_RUN_TAG: remote_run_id},
+        elif recorded is not None:
+            self._end_abandoned(recorded)
+        self._set_experiment()
+        assert self.experiment is not None
+        run_name = self.run_name or f"run_{time.strftime('%Y%m%d_%H%M%S')}"
+        self.cur_run = self.client.create_run(self.experiment.experiment_id, run_name=run_name)
+        write_run_file(self.run_file, self.cur_run.info.run_id, self.client.tracking_uri)
+
+    def _continue(self, run: mlflow.entities.Run) -> None:
+        run_id = run.info.run_id
+        if run.info.status != RUNNING:
+            self.client.update_run(run_id, status=RUNNING)
+        self._logged_params = dict(run.data.params)
+        self._logged_points = {
+            (key, metric.step)
+            for key in run.data.metrics
+            for metric in self.client.get_metric_history(run_id, key)
+        }
+        self.cur_run = self.client.get_run(run_id)
+        logger.info("continuing MLflow run %s (%s)", run_id, self.client.tracking_uri)
+
+    def _end_abandoned(self, recorded: dict[str, Any]) -> None:
+        """Marks the run a new one replaces as killed if it was left running (a crash)."""
+        run = self._recorded_run(recorded) if not self.offline else None
+        if run is not None and run.info.status == RUNNING:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Logs the points the run does not hold yet (replayed epochs are recorded once)."""
+        if self._logged_points:
+            metrics = {
+                key: value
+                for key, value in flatten_dict(metrics).items()
+                if (key, step or 0) not in self._logged_points
+            }
+            if not metrics:
+                return
+        super()._log_metrics(metrics, step)
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        """Logs the params the run does not hold yet; a changed value is kept as it was."""
+        if self._logged_params:
+            changed = sorted(
+                key
+                for key, value in params.items()
+                if key in self._logged_params and self._logged_params[key] != str(value)
+            )
+            if changed:
+                logger.warning(
+                    "params %s differ from those of the continued run, which keeps its values",
+                    changed,
                 )
-            )
+            params = {key: value for key, value in params.items() if key not in self._logged_params}
+            if not params:
+                return
+        super()._log_params(params)
 
     def _resilient(self, call: Callable[[], None]) -> None:
         try:
@@ -148,9 +257,10 @@ class ResilientMLFlowHandler(MLFlowHandler):
             call()
 
     def start(self, engine: Engine) -> None:
-        """Probes the server first; starts the run on it or in the local store."""
+        """Probes the server first; starts or continues the run on it or in the local store."""
         if not self.offline and not server_answers(self.remote_uri, self.probe_timeout):
             self._go_offline("no answer from its health endpoint")
+        self._resilient(self._open_run)
         self._resilient(lambda: super(ResilientMLFlowHandler, self).start(engine))
 
     def epoch_completed(self, engine: Engine) -> None:
@@ -178,6 +288,30 @@ class ResilientMLFlowHandler(MLFlowHandler):
                 logger.warning(
                     "replay to %s failed (%s); run `thyroid-monai sync`", self.remote_uri, error
                 )
+
+
+def read_run_file(path: str | Path) -> dict[str, Any] | None:
+    """The run recorded in a run folder's run file (``run_id``, ``tracking_uri``), if any.
+
+    Raises:
+        ValueError: If the file exists but is not a run file (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not a valid MLflow run file: {error}") from error
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("run_id"), str):
+        raise ValueError(f"{path} is not a valid MLflow run file: no run_id")
+    return recorded
+
+
+def write_run_file(path: str | Path, run_id: str, tracking_uri: str) -> None:
+    """Records (atomically) which MLflow run, in which store, a run folder belongs to."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"run_id": run_id, "tracking_uri": tracking_uri})
 
 
 def _write_state(folder: Path, remote_uri: str, *, pending: bool) -> None:

@@ -8,7 +8,8 @@ from thyroid_monai.cli import main
 from thyroid_monai.workflows import sqlite_uri, tracking_store
 
 
-def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path, capsys):
+def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path, capsys,
+                                                                      assert_no_phi):  # fmt: skip
     run_dir = tmp_path / "demo"
     code = main(["demo", "--out", str(run_dir), "--n", "24", "--epochs", "2",
                  "--image-size", "64", "--batch-size", "4", "--workers", "1"])  # fmt: skip
@@ -36,6 +37,11 @@ def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "model.pt" in artifacts
     assert any(path.startswith("config_") for path in artifacts)
+    # Nothing of the DICOM export's identities in the prepared data, checkpoints, MLflow store
+    # and artifacts (eval/mlruns).
+    for output in ("data", "models", "eval"):
+        assert_no_phi(run_dir / output, run_dir / "export")
+    assert list((run_dir / "eval" / "mlruns").rglob("model.pt"))
 
     # A second demo reuses the identical phantom and adds a second run.
     assert main(["demo", "--out", str(run_dir), "--n", "24", "--epochs", "1",

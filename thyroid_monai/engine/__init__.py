@@ -2,6 +2,7 @@
 
 from thyroid_monai.engine.evaluator import MultitaskEvaluator
 from thyroid_monai.engine.handlers import (
+    AtomicCheckpointSaver,
     BufferAveraging,
     EvaluationReportSaver,
     RandomStates,
@@ -13,6 +14,7 @@ from thyroid_monai.engine.prepare import MultitaskPrepareBatch
 from thyroid_monai.engine.trainer import EpochScalarMeans, MultitaskTrainer
 
 __all__ = [
+    "AtomicCheckpointSaver",
     "BufferAveraging",
     "EpochScalarMeans",
     "EvaluationReportSaver",

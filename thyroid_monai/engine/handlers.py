@@ -7,13 +7,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Compose, Randomizable
 
 from thyroid_monai.engine.metrics import MultitaskScores
+from thyroid_monai.io.checkpoints import save_checkpoint_atomic
 from thyroid_monai.io.files import atomic_path, write_json_atomic
 from thyroid_monai.mtl.distributed import average_buffers
 
@@ -42,14 +45,87 @@ class BufferAveraging:
         average_buffers(self.network)
 
 
-class TrainingCheckpointSaver(CheckpointSaver):
+class AtomicDiskSaver(BaseSaveHandler):
+    """ignite save handler whose files are never half-written and never missing.
+
+    ignite's ``Checkpoint`` removes the file it replaces *before* writing the new one, and MONAI's
+    disk saver writes in place, so a kill at the wrong moment leaves no checkpoint or a truncated
+    one. Here each file is written atomically (:func:`save_checkpoint_atomic`) and removals are
+    deferred until the next file is in place.
+
+    Args:
+        dirname: Output folder (created).
+        filename: A fixed file name for every save (``model.pt``), as MONAI's saver allows.
+        save_on_rank: The only process that writes in a distributed run.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None, save_on_rank: int = 0):
+        self.dirname = Path(dirname)
+        self.filename = filename
+        self.save_on_rank = save_on_rank
+        self._pending_removals: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """Writes ``checkpoint`` atomically, then removes the files it replaces."""
+        if idist.get_rank() != self.save_on_rank:
+            return
+        name = self.filename or filename
+        save_checkpoint_atomic(checkpoint, self.dirname / name)
+        for old in self._pending_removals:
+            if old != name:
+                (self.dirname / old).unlink(missing_ok=True)
+        self._pending_removals = []
+
+    def remove(self, filename: str) -> None:
+        """Marks a file for removal once the next one has been written."""
+        self._pending_removals.append(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` with atomic writes and a checkpointable best-score memory.
+
+    Files are written by :class:`AtomicDiskSaver`. ``state_dict``/``load_state_dict`` carry the
+    key-metric checkpoint's memory (the best score so far and its file), so a resumed training
+    replaces ``model.pt`` only with a better model than the one saved before the interruption.
+
+    Args:
+        **kwargs: Arguments of ``monai.handlers.CheckpointSaver``.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        fixed_names = (
+            (self._final_checkpoint, self._final_filename),
+            (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
+            (self._interval_checkpoint, None),
+        )
+        for checkpoint, fixed_name in fixed_names:
+            if checkpoint is not None:
+                # ignite types the attribute as the saver it was built with; any save handler works
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, fixed_name)  # type: ignore[assignment]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The key-metric memory (empty without ``save_key_metric``)."""
+        if self._key_metric_checkpoint is None:
+            return {}
+        return dict(self._key_metric_checkpoint.state_dict())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restores the key-metric memory saved by :meth:`state_dict`."""
+        if state_dict:
+            super().load_state_dict(state_dict)
+
+
+class TrainingCheckpointSaver(AtomicCheckpointSaver):
     """``CheckpointSaver`` that also stores the state of the engine it is attached to.
 
     A config cannot hand a trainer its own reference (``train#trainer`` inside
     ``train#handlers`` is circular), so the engine is added to the saved objects under ``key``
     when the handler is attached. Together with model, optimiser, scheduler and
     :class:`RandomStates` this is what resuming needs: epoch, iteration and the states of
-    everything that changes during training.
+    everything that changes during training. Files are written atomically and the previous one
+    is removed only after the new one is complete (:class:`AtomicCheckpointSaver`), so a kill
+    during a save leaves the last complete checkpoint in place.
 
     Args:
         key: Name of the engine's entry in the checkpoint.
@@ -60,13 +136,26 @@ class TrainingCheckpointSaver(CheckpointSaver):
     def __init__(self, key: str = "trainer", **kwargs: Any):
         super().__init__(**kwargs)
         self.engine_key = key
+        self._attached = False
 
     def attach(self, engine: Engine) -> None:
-        """Adds ``engine`` to the saved objects, then attaches as ``CheckpointSaver`` does."""
+        """Adds ``engine`` to the saved objects; attaches the saves when the run starts.
+
+        Attaching at ``STARTED``, after every other handler was attached, makes the save the last
+        thing done at the end of an epoch: the epoch's metrics are tracked and its figures drawn
+        before its checkpoint exists, so a run killed in between and resumed from that checkpoint
+        has lost no record. (Handlers run in the order they were attached; the tracking handlers
+        are appended to the bundle's list after this one.)
+        """
         # ignite's Checkpoint keeps a reference to this same dictionary, so the entry added here
         # is saved from the first checkpoint on.
         self.save_dict[self.engine_key] = engine
-        super().attach(engine)
+        engine.add_event_handler(Events.STARTED, self._attach_last)
+
+    def _attach_last(self, engine: Engine) -> None:
+        if not self._attached:
+            super().attach(engine)
+            self._attached = True
 
 
 class TrainingCheckpointLoader(CheckpointLoader):
@@ -95,15 +184,32 @@ class TrainingCheckpointLoader(CheckpointLoader):
 
 
 def _randomizable(transforms: Any) -> list[Randomizable]:
-    """Every ``Randomizable`` inside a transform, a ``Compose`` or a list of them."""
+    """Every ``Randomizable`` inside a transform, a ``Compose`` or a list of them, nested ones too.
+
+    Dictionary transforms draw from the generators of the array transforms they wrap
+    (``RandAffined`` -> ``RandAffine`` -> ``RandAffineGrid``), so those are found among the
+    attributes of each random transform. The order is that of the pipeline and the attributes,
+    the same in the run that saves and the run that resumes.
+    """
     found: list[Randomizable] = []
+    seen: set[int] = set()
     pending = list(transforms) if isinstance(transforms, Iterable) else [transforms]
     while pending:
         transform = pending.pop(0)
+        if id(transform) in seen:
+            continue
+        seen.add(id(transform))
+        nested: list[Any] = []
+        if isinstance(transform, Compose):
+            nested += list(transform.transforms)
         if isinstance(transform, Randomizable):
             found.append(transform)
-        if isinstance(transform, Compose):
-            pending = list(transform.transforms) + pending
+            nested += [
+                value
+                for value in getattr(transform, "__dict__", {}).values()
+                if isinstance(value, Randomizable)
+            ]
+        pending = nested + pending
     return found
 
 
@@ -236,6 +342,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
     "EvaluationReportSaver",
     "RandomStates",
     "TrainingCheckpointLoader",

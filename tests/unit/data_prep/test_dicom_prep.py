@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from data_prep.audit import audit_folder, source_identifiers
 from data_prep.phantom_dicom import export_phantom_dicom
 from thyroid_monai.cli import main
 from thyroid_monai.io.dicom_write import PatientInfo, write_ultrasound_dicom
@@ -30,7 +32,7 @@ def _prep(source, out, *extra):
                  "--no-progress", *SALT, *extra])  # fmt: skip
 
 
-def test_seg_masks_labels_and_deidentification(export, tmp_path, capsys):
+def test_seg_masks_labels_and_deidentification(export, tmp_path, capsys, assert_no_phi):
     out = tmp_path / "data"
     assert _prep(export, out, "--labels", str(export / "labels.csv")) == 0
     datalist = json.loads((out / "datalist.json").read_text())
@@ -55,6 +57,7 @@ def test_seg_masks_labels_and_deidentification(export, tmp_path, capsys):
         assert case.frame.text.patient_id not in text  # no MRN, not even in source paths
     assert main(["audit", str(out)]) == 0
     assert "audit passed" in capsys.readouterr().out
+    assert_no_phi(out, export)
     # Resume: nothing is converted again.
     assert _prep(export, out, "--labels", str(export / "labels.csv")) == 0
     assert "0 new and 12 reused" in capsys.readouterr().out
@@ -63,6 +66,30 @@ def test_seg_masks_labels_and_deidentification(export, tmp_path, capsys):
 def test_audit_fails_on_an_export_that_was_not_deidentified(export, capsys):
     assert main(["audit", str(export)]) == 1
     assert "PatientName" in capsys.readouterr().out
+
+
+def test_audit_against_the_source_finds_its_identifiers_in_any_file(export, tmp_path, capsys):
+    identifiers = source_identifiers(export)
+    case = next(Phantom(PhantomConfig(seed=3)).cases(1))
+    name, patient_id = case.frame.text.patient_name, case.frame.text.patient_id
+    expected = {name, name.replace("^", " "), patient_id, "PHANTOM GENERAL HOSPITAL"}
+    assert expected <= set(identifiers)
+    out = tmp_path / "run"
+    (out / "eval").mkdir(parents=True)
+    params = out / "eval" / "params.json"
+    params.write_text(json.dumps({"patient": "ANON-0123456789ab"}))
+    assert main(["audit", str(out), "--against", str(export)]) == 0
+    params.write_text(json.dumps({"note": name.replace("^", " ").lower()}))  # case-blind
+    assert main(["audit", str(out), "--against", str(export)]) == 1
+    params.unlink()
+    with gzip.open(out / "eval" / "log.txt.gz", "wt") as handle:  # compressed files are searched
+        handle.write(f"case of {patient_id}")
+    assert main(["audit", str(out), "--against", str(export)]) == 1
+    printed = capsys.readouterr().out
+    assert "eval/log.txt.gz: holds identifier" in printed
+    assert patient_id not in printed  # the finding never repeats the identifier
+    with pytest.raises(ValueError, match="shorter than"):
+        audit_folder(out, ["MRN1"])
 
 
 def test_png_masks_multiframe_rejects_and_exit_code(tmp_path, capsys):
@@ -119,7 +146,9 @@ def test_salt_is_required_for_deidentification(tmp_path, monkeypatch):
         main(["prep", "dicom", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out")])
 
 
-def test_radiomics_targets_are_standardised_on_training_items_and_cached(export, tmp_path, capsys):
+def test_radiomics_targets_are_standardised_on_training_items_and_cached(
+    export, tmp_path, capsys, assert_no_phi
+):
     out = tmp_path / "data"
     assert _prep(export, out, "--labels", str(export / "labels.csv")) == 0
     datalist_path = out / "datalist.json"
@@ -136,3 +165,4 @@ def test_radiomics_targets_are_standardised_on_training_items_and_cached(export,
     assert all(len(i["radiomics"]) == len(FEATURES) for i in datalist["testing"])
     assert main(["prep", "targets", "--datalist", str(datalist_path), "--no-progress"]) == 0
     assert "0 computed, 12 from the cache" in capsys.readouterr().out
+    assert_no_phi(out, export)  # the targets and their cache too

@@ -4,7 +4,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 from monai.handlers import LrScheduleHandler
-from monai.transforms import Compose, RandFlipd
+from monai.transforms import Compose, RandAffined, RandFlipd
 
 from thyroid_monai import keys
 from thyroid_monai.engine import (
@@ -38,7 +38,10 @@ def build(seed, max_epochs, handlers):
     network = MultitaskUNet(num_classes=3, dropout=0.5)
     optimizer = torch.optim.AdamW(network.parameters(), 1e-3)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    augment = Compose([RandReaderd(), RandFlipd(keys=[keys.IMAGE, keys.LABEL], prob=0.5)])
+    # RandAffined draws from the generators of the array transforms it wraps.
+    augment = Compose([RandReaderd(), RandFlipd(keys=[keys.IMAGE, keys.LABEL], prob=0.5),
+                       RandAffined(keys=[keys.IMAGE, keys.LABEL], prob=0.5, rotate_range=0.3,
+                                   mode=["bilinear", "nearest"])])  # fmt: skip
     loader = DataLoader(Dataset(items(), augment), batch_size=2, shuffle=True)
     objects = {
         "model": network,

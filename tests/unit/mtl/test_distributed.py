@@ -68,7 +68,7 @@ def train_rank(rank, world_size, init_file, out_dir):
 
 def test_two_gloo_ranks_end_with_equal_weights(tmp_path):
     mp.spawn(train_rank, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for name in METHODS:
         first, second = ranks[0][name], ranks[1][name]
         assert first["loss"] != second["loss"]  # the ranks trained on different batches

@@ -119,6 +119,7 @@ def test_learned_weights_resume_through_an_ignite_checkpoint(tmp_path):
         trained.logits.add_(torch.tensor([0.3, -0.3]))
     torch.save({"gradient_method": trained.state_dict()}, tmp_path / "checkpoint.pt")
     resumed = GradNorm(TWO)
-    Checkpoint.load_objects({"gradient_method": resumed}, torch.load(tmp_path / "checkpoint.pt"))
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    Checkpoint.load_objects({"gradient_method": resumed}, saved)
     assert torch.equal(resumed.logits.detach(), trained.logits.detach())
     assert torch.equal(resumed.initial_losses, trained.initial_losses)

@@ -3,9 +3,11 @@
 import mlflow
 import mlflow.pytorch
 import numpy as np
+import pytest
 import torch
 
 from thyroid_monai import keys
+from thyroid_monai.io.checkpoints import UntrustedCheckpointError, load_logged_model
 from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.registry import register_model
 
@@ -45,7 +47,9 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
 
     # The champion loads back as the original module and gives the same outputs.
     mlflow.set_tracking_uri(uri)
-    loaded = mlflow.pytorch.load_model("models:/thyroid@champion")
+    with pytest.raises(UntrustedCheckpointError, match=r"thyroid@champion.*--trust-model"):
+        load_logged_model("models:/thyroid@champion")  # a pickle: never loaded without trust
+    loaded = load_logged_model("models:/thyroid@champion", trust=True)
     assert isinstance(loaded, MultitaskUNet)
     batch = torch.from_numpy(np.repeat(example, 3, axis=0))  # any batch size, not the example's
     with torch.no_grad():
