@@ -26,6 +26,7 @@ import torch
 from ignite.engine import Engine
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import Schema, TensorSpec
 
 from thyroid_monai.io.files import write_json_atomic
@@ -67,14 +68,17 @@ class Registration:
 
 @contextlib.contextmanager
 def _tracking_uri(uri: str | None) -> Iterator[None]:
-    """Points MLflow's fluent API at ``uri`` for the duration, then restores the previous URI."""
-    previous = mlflow.get_tracking_uri()
-    if uri is not None:
-        mlflow.set_tracking_uri(uri)
-    try:
+    """Points MLflow's fluent API at ``uri`` for the duration, then restores the previous state.
+
+    MLflow's own helper is used because ``mlflow.set_tracking_uri`` also exports the URI as
+    ``MLFLOW_TRACKING_URI``: restoring with it would leave the variable set (to MLflow's default
+    when none was chosen), and every later tracking handler in the process would follow it.
+    """
+    if uri is None:
         yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+        return
+    with _use_tracking_uri(uri):
+        yield
 
 
 def _requirements() -> list[str]:

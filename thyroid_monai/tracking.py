@@ -16,6 +16,7 @@ artifacts, which are logged when training completes.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -149,8 +150,8 @@ def _is_component(value: Any) -> bool:
 
 
 def _leaves(config: Any, config_id: str) -> Iterator[tuple[str, Any]]:
-    """``(config id, value)`` of every leaf; a list of plain values is one leaf."""
-    if isinstance(config, dict) and config:
+    """``(config id, value)`` of every leaf; a list of plain values and an empty dict are one."""
+    if isinstance(config, dict) and (config or not config_id):
         for key, value in config.items():
             yield from _leaves(value, f"{config_id}{ID_SEP_KEY}{key}" if config_id else str(key))
     elif isinstance(config, list) and any(isinstance(v, dict | list) for v in config):
@@ -206,7 +207,7 @@ class _CheapResolver:
     """Resolves config leaves whose references lead to no component (nothing is instantiated)."""
 
     def __init__(self, config: Mapping[str, Any]):
-        self.parser = ConfigParser(dict(config))
+        self.parser = ConfigParser(copy.deepcopy(dict(config)))  # it expands macros in place
         self.parser.resolve_macro_and_relative_ids()
         if self.parser.get("imports") is not None:
             self.parser.get_parsed_content("imports")
