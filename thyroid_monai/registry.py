@@ -4,7 +4,12 @@ The model is logged with ``mlflow.pytorch`` in the ``pickle`` serialisation with
 code, so ``mlflow.pytorch.load_model`` returns the original ``nn.Module`` (MLflow 3's default
 ``pt2`` format would return a traced graph that fixes the batch size). Every logged model becomes
 a new version of a registered model; the alias ``champion`` moves to the new version only when its
-run beats the current champion's run on the validation key metric.
+key metric beats the current champion's.
+
+In a bundle run, :class:`RegisteringMLFlowHandler` (the trainer's MLflow handler) registers the
+best checkpoint through :class:`ModelRegistration` when training completes. During a tracking
+outage the registration is postponed and :func:`register_pending` (``thyroid-monai register``)
+completes it later.
 """
 
 from __future__ import annotations

@@ -53,7 +53,9 @@ def test_confusion_matrix_is_drawn_on_each_new_best_evaluation(tmp_path):
     engine.run(batches, max_epochs=3)
     assert [epoch for epoch, _ in drawn] == [1, 3]
     matrix = drawn[0][1]["readers' labels"]
-    assert matrix[0][0] == 1 and matrix[2][1] == 1 and matrix[4][4] == 1
+    assert matrix[0][0] == 1
+    assert matrix[2][1] == 1
+    assert matrix[4][4] == 1
     assert set(drawn[0][1]) == {"readers' labels", "truth"}
     assert (tmp_path / "cm.png").read_bytes().startswith(b"\x89PNG")
 
@@ -72,8 +74,10 @@ def test_overlays_keep_the_first_samples_in_rows_and_columns(tmp_path):
     assert len(figure.samples) == 3
     first = figure.samples[0]
     assert first["image"].shape == (8, 12)  # (rows, cols) = (y, x)
-    assert first["reference"][1:4, 2:6].all() and first["reference"].sum() == 12
-    assert first["prediction"][1:4, 3:7].all() and first["prediction"].sum() == 12
+    assert first["reference"][1:4, 2:6].all()
+    assert first["reference"].sum() == 12
+    assert first["prediction"][1:4, 3:7].all()
+    assert first["prediction"].sum() == 12
     assert figure._caption(figure.samples[1]) == "reference TR3\ntruth TR3\npredicted TR4 (0.93)"
     assert (tmp_path / "overlays.png").read_bytes().startswith(b"\x89PNG")
 
@@ -82,7 +86,8 @@ def test_overlays_of_a_mask_only_model_and_every_evaluation(tmp_path):
     figure = SampleOverlayFigure(tmp_path / "o.png", only_best=False)
     mask_only = {"image": torch.rand(1, 6, 6), "label": torch.ones(1, 6, 6), "pred": None}
     kept = figure.sample(mask_only)
-    assert kept["probabilities"] is None and kept["prediction"] is None
+    assert kept["probabilities"] is None
+    assert kept["prediction"] is None
     assert figure._caption(kept) == ""
     figure.draw([kept], epoch=2)
     assert (tmp_path / "o.png").stat().st_size > 0
@@ -96,5 +101,6 @@ def test_soft_level_targets_are_read_as_their_most_likely_class(tmp_path):
     soft["label_cls"] = torch.tensor([0.1, 0.2, 0.6, 0.1, 0.0])
     soft["label_cls_true"] = torch.tensor(-1)
     kept = figure.sample(soft)
-    assert kept["level"] == 2 and kept["level_truth"] is None
+    assert kept["level"] == 2
+    assert kept["level_truth"] is None
     assert np.isclose(kept["probabilities"].sum(), 1.0)
