@@ -404,7 +404,7 @@ def _record(folder: Path, registration: Registration, run_id: str, uri: str | No
     )
 
 
-def _server_run_id(pending: Mapping[str, Any], client: mlflow.MlflowClient) -> str:
+def _server_run_id(pending: Mapping[str, Any]) -> str:
     """The run on the server: the recorded one, or the one an offline run was replayed into."""
     fallback = pending.get("fallback_dir")
     if not fallback:
@@ -412,9 +412,7 @@ def _server_run_id(pending: Mapping[str, Any], client: mlflow.MlflowClient) -> s
     local = mlflow.MlflowClient(local_store_uri(fallback))
     try:
         synced = local.get_run(pending["run_id"]).data.tags.get(SYNCED_TAG)
-    except MlflowException:
-        synced = None  # the run had started on the server: the recorded id is the server's
-        client.get_run(pending["run_id"])
+    except MlflowException:  # not a local run: the recorded id is the server's
         return str(pending["run_id"])
     if not synced:
         raise RuntimeError(
@@ -447,7 +445,7 @@ def register_pending(run_dir: str | Path, tracking_uri: str | None = None) -> Re
         if not Path(pending[key]).is_file():
             raise FileNotFoundError(f"{pending_path} names {key} {pending[key]}, which is missing")
     uri = tracking_uri or pending["tracking_uri"]
-    run_id = _server_run_id(pending, mlflow.MlflowClient(uri))
+    run_id = _server_run_id(pending)
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(ConfigParser.load_config_file(pending["config_file"]))
