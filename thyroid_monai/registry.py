@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from thyroid_monai.offline_tracking import (
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -73,17 +75,24 @@ class Registration:
 
 @contextlib.contextmanager
 def _tracking_uri(uri: str | None) -> Iterator[None]:
-    """Points MLflow's fluent API at ``uri`` for the duration, then restores the previous state.
+    """Points MLflow's fluent API at ``uri`` for the duration, then restores the process as it was.
 
-    MLflow's own helper is used because ``mlflow.set_tracking_uri`` also exports the URI as
-    ``MLFLOW_TRACKING_URI``: restoring with it would leave the variable set (to MLflow's default
-    when none was chosen), and every later tracking handler in the process would follow it.
+    ``mlflow.set_tracking_uri`` also exports the URI as ``MLFLOW_TRACKING_URI``, and restoring a
+    previous URI exports that one: the variable is put back as it was, since every tracking
+    handler started later in the process would follow it.
     """
     if uri is None:
         yield
         return
-    with _use_tracking_uri(uri):
-        yield
+    variable = os.environ.get(TRACKING_URI_VARIABLE)
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if variable is None:
+            os.environ.pop(TRACKING_URI_VARIABLE, None)
+        else:
+            os.environ[TRACKING_URI_VARIABLE] = variable
 
 
 def _requirements() -> list[str]:

@@ -17,7 +17,6 @@ artifacts, which are logged when training completes.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import re
@@ -179,16 +178,14 @@ def param_key(config_id: str, separator: str = ".") -> str:
 
 
 def param_value(value: Any, limit: int = PARAM_VALUE_LIMIT) -> str:
-    """The text MLflow stores: scalars as ``str``, containers as JSON, cut to ``limit``."""
-    text = value if isinstance(value, str) else _text(value)
+    """The text MLflow stores, cut to ``limit``: ``str(value)``, as MONAI's handler logs params."""
+    text = _text(value)
     if len(text) > limit:
         text = text[: limit - len(TRUNCATION_MARK)] + TRUNCATION_MARK
     return text
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, dict | list | tuple):
-        return json.dumps(value, default=str)
     return str(value)
 
 

@@ -52,11 +52,7 @@ def test_training_is_tracked_on_a_postgres_backed_server(mlflow_server, tmp_path
     champion = client.get_model_version_by_alias("thyroid_us_multitask", "champion")
     assert (str(champion.version), champion.run_id) == ("1", run.info.run_id)
     assert float(champion.tags["val_mean_dice"]) == max(m.value for m in dice_history)
-    mlflow.set_tracking_uri(mlflow_server)
-    try:
-        model = mlflow.pytorch.load_model("models:/thyroid_us_multitask@champion")
-    finally:
-        mlflow.set_tracking_uri(None)
+    model = mlflow.pytorch.load_model("models:/thyroid_us_multitask@champion")  # env: the server
     assert isinstance(model, MultitaskUNet)
     best = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(value, best[name]) for name, value in model.state_dict().items())

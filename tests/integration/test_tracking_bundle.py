@@ -32,7 +32,8 @@ def train(dataset, run_dir, store, name, **overrides):
     return json.loads((run_dir / "eval" / "registration.json").read_text(encoding="utf-8"))
 
 
-def test_tracked_runs_record_everything_and_promote_only_better_models(dataset, tmp_path):
+def test_tracked_runs_record_everything_and_promote_only_better_models(dataset, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
     store = sqlite_uri(tmp_path / "team.db")  # one store (and registry) for every run
     first = train(dataset, tmp_path / "first", store, "first")
 
@@ -65,9 +66,11 @@ def test_tracked_runs_record_everything_and_promote_only_better_models(dataset, 
     assert first["metric"] == pytest.approx(run.data.metrics["val_mean_dice"])
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert (str(champion.version), champion.run_id) == ("1", run.info.run_id)
-    mlflow.set_tracking_uri(store)
-    assert isinstance(mlflow.pytorch.load_model(f"models:/{NAME}@champion"), MultitaskUNet)
-    assert mlflow.models.get_model_info(f"models:/{NAME}/1").saved_input_example_info is not None
+    with monkeypatch.context() as scoped:  # the runs below get their store from the config
+        scoped.setenv("MLFLOW_TRACKING_URI", store)
+        assert isinstance(mlflow.pytorch.load_model(f"models:/{NAME}@champion"), MultitaskUNet)
+        info = mlflow.models.get_model_info(f"models:/{NAME}/1")
+    assert info.saved_input_example_info is not None
 
     # Two more runs, one scoring lower on val_mean_dice and one higher. Which is which is
     # measured, not assumed (after one epoch at 64x64 a larger step collapses the mask to

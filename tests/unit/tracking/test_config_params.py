@@ -43,7 +43,7 @@ def test_every_leaf_becomes_a_param_with_cheap_expressions_resolved():
     assert params["network_def._target_"] == "torch.nn.Linear"
     assert params["loss.weight"] == "None"  # a reference to None is resolved too
     assert params["network"] == "$@network_def.to('cpu')"  # refers to a component: kept as text
-    assert params["transforms.0.keys"] == '["image"]'  # lists of components are indexed
+    assert params["transforms.0.keys"] == "['image']"  # lists of components are indexed
     assert params["transforms.1._target_"] == "Identity"
     assert params["validate.transforms"] == "%transforms"  # macros stay text
     assert params["missing"] == "$open('/no/such/file').read()"  # fails to evaluate: text
@@ -87,7 +87,7 @@ def test_keys_follow_mlflow_rules_and_stay_unique():
 
 def test_values_as_mlflow_stores_them():
     assert param_value(True) == "True"
-    assert param_value({"seg": 1.0}) == '{"seg": 1.0}'
+    assert param_value({"seg": 1.0}) == "{'seg': 1.0}"
     assert param_value("y" * 20, limit=10) == "yyyyyyy..."
 
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import mlflow
 import mlflow.pytorch
@@ -61,16 +62,18 @@ def training(tmp_path, tracking_uri, dice=0.6):
     return run_dir, handler
 
 
-def test_the_best_checkpoint_is_registered_in_the_run_at_completion(tmp_path):
+def test_the_best_checkpoint_is_registered_in_the_run_at_completion(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     run_dir, _ = training(tmp_path, uri)
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # registering leaves the process as it was
+    assert mlflow.get_tracking_uri() != uri
     record = json.loads((run_dir / "eval" / REGISTRATION_FILE).read_text())
     assert (record["version"], record["promoted"], record["metric"]) == ("1", True, 0.6)
     client = mlflow.MlflowClient(uri)
     version = client.get_model_version_by_alias("thyroid", "champion")
     assert version.run_id == record["run_id"]
     assert client.get_run(record["run_id"]).info.status == "FINISHED"
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test
     loaded = mlflow.pytorch.load_model("models:/thyroid@champion")
     saved = torch.load(run_dir / "models" / "model.pt", weights_only=True)
     for name, value in loaded.state_dict().items():

@@ -22,7 +22,7 @@ def finished_run(uri, dice):
     return run.info.run_id
 
 
-def test_champion_moves_only_to_a_better_version(tmp_path):
+def test_champion_moves_only_to_a_better_version(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     model = MultitaskUNet(num_classes=3, backbone="resnet10").eval()
     example = np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)
@@ -44,7 +44,7 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
     assert client.get_run(finished_run(uri, None)).info.status == "FINISHED"
 
     # The champion loads back as the original module and gives the same outputs.
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test
     loaded = mlflow.pytorch.load_model("models:/thyroid@champion")
     assert isinstance(loaded, MultitaskUNet)
     batch = torch.from_numpy(np.repeat(example, 3, axis=0))  # any batch size, not the example's
