@@ -7,6 +7,7 @@ Subcommands:
     audit   scan a prepared dataset for identifying information left
     demo    synthesise, export as DICOM, prepare (de-identified), train, evaluate, print results
     sync    replay tracking records kept locally while the MLflow server was unreachable
+    register  register the model of a run whose registration a tracking outage postponed
 """
 
 from __future__ import annotations
@@ -542,6 +543,27 @@ def _run_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "register",
+        help="register a run's model once the tracking server is back",
+        description="Log and register the best checkpoint of a training run whose registration "
+        "was postponed because the MLflow server was unreachable (eval/registration_pending.json)."
+        " The champion alias moves to the new version only if it beats the champion.",
+    )
+    parser.add_argument("run_dir", type=Path, help="the run folder (bundle_root), e.g. runs/x")
+    parser.add_argument("--to", help="tracking server URI (default: the one the run used)")
+    parser.set_defaults(handler=_run_register)
+
+
+def _run_register(args: argparse.Namespace) -> int:
+    from thyroid_monai.registry import register_pending
+
+    registration = register_pending(args.run_dir, args.to)
+    print(f"registered {registration.model_uri}: {registration.reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``thyroid-monai``."""
     parser = argparse.ArgumentParser(
@@ -554,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit(subparsers)
     _add_demo(subparsers)
     _add_sync(subparsers)
+    _add_register(subparsers)
     return parser
 
 

@@ -40,6 +40,7 @@ import mlflow
 from ignite.engine import Engine
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict
 
@@ -255,6 +256,23 @@ class ResilientMLFlowHandler(MLFlowHandler):
                 raise
             self._go_offline(error)
             call()
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        """Logs params in batches MLflow accepts, skipping those the run already holds.
+
+        A run continued after an interruption logs its params again; MLflow refuses to change a
+        logged param, so an existing key keeps its first value (a changed value is reported).
+        """
+        if not self.cur_run:
+            raise ValueError("Current Run is not Active to log params")
+        logged = self.client.get_run(self.cur_run.info.run_id).data.params
+        changed = sorted(k for k, v in params.items() if k in logged and logged[k] != str(v))
+        if changed:
+            logger.warning("params already logged with other values keep them: %s", changed)
+        fresh = [Param(key, str(value)) for key, value in params.items() if key not in logged]
+        for start in range(0, len(fresh), MAX_PARAMS_TAGS_PER_BATCH):
+            batch = fresh[start : start + MAX_PARAMS_TAGS_PER_BATCH]
+            self.client.log_batch(run_id=self.cur_run.info.run_id, params=batch)
 
     def start(self, engine: Engine) -> None:
         """Probes the server first; starts or continues the run on it or in the local store."""

@@ -24,7 +24,7 @@ def finished_run(uri, dice):
     return run.info.run_id
 
 
-def test_champion_moves_only_to_a_better_version(tmp_path):
+def test_champion_moves_only_to_a_better_version(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     model = MultitaskUNet(num_classes=3, backbone="resnet10").eval()
     example = np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)
@@ -46,7 +46,7 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
     assert client.get_run(finished_run(uri, None)).info.status == "FINISHED"
 
     # The champion loads back as the original module and gives the same outputs.
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test
     with pytest.raises(UntrustedCheckpointError, match=r"thyroid@champion.*--trust-model"):
         load_logged_model("models:/thyroid@champion")  # a pickle: never loaded without trust
     loaded = load_logged_model("models:/thyroid@champion", trust=True)
