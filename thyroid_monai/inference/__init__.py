@@ -36,6 +36,7 @@ from thyroid_monai.inference.model import (
 from thyroid_monai.inference.pipeline import (
     InferenceSettings,
     InferenceSummary,
+    build_report,
     infer_image,
     run_inference,
 )
@@ -51,10 +52,11 @@ __all__ = [
     "InputError",
     "InputImage",
     "ModelLoadError",
-    "NotAnImageError",
     "NoduleMeasurements",
+    "NotAnImageError",
     "Prediction",
     "UntrustedModelError",
+    "build_report",
     "checkpoint_model",
     "descriptors_from_heads",
     "discover_inputs",

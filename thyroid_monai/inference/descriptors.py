@@ -28,11 +28,11 @@ punctate 40-221: speckle lifts as many spots as foci do), so foci are not assess
 Choices where the lexicon gives no numbers: the echogenicity ratio compares the nodule with a ring
 of tissue around it (the lexicon compares the solid part with the adjacent parenchyma, which the
 ring approximates); when switched on, bright spots inside the nodule are read as punctate foci
-(the most suspicious type; macrocalcifications and comet tails are not told apart). Margin is **not assessed** from
-image features: no feature here separates smooth from ill-defined or lobulated margins reliably,
-so its points are unknown and the point total is a lower bound. Spongiform composition is never
-estimated. Every millimetre-based feature needs the spacing: with unknown spacing, echogenicity,
-shape and foci are not assessed either.
+(the most suspicious type; macrocalcifications and comet tails are not told apart). Margin is
+**not assessed** from image features: no feature here separates smooth from ill-defined or
+lobulated margins reliably, so its points are unknown and the point total is a lower bound.
+Spongiform composition is never estimated. Every millimetre-based feature needs the spacing: with
+unknown spacing, echogenicity, shape and foci are not assessed either.
 """
 
 from __future__ import annotations

@@ -182,9 +182,7 @@ def read_input(path: str | Path, *, frames: FramePolicy = "middle") -> InputImag
     path = Path(path)
     kind = _kind(path)
     if kind is None:
-        raise InputError(
-            f"{path}: unsupported file type (DICOM, NIfTI, PNG or JPEG expected)"
-        )
+        raise InputError(f"{path}: unsupported file type (DICOM, NIfTI, PNG or JPEG expected)")
     if kind == "dicom":
         return _read_dicom(path, frames)
     if kind == "nifti":

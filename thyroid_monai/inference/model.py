@@ -20,9 +20,9 @@ A checkpoint that ``weights_only`` loading refuses (a pickled module) is likewis
 flag.
 
 Pre-processing is :func:`inference_preprocessing`, the deterministic part of the bundle's
-``load_transforms`` (intensity 0-255 to 0-1 with clipping, area resize to ``image_size``), applied to
-the image in MONAI's x-first layout. The nodule probability is resized back to the input with
-bilinear interpolation before thresholding, so the mask follows the input's pixel grid.
+``load_transforms`` (intensity 0-255 to 0-1 with clipping, area resize to ``image_size``),
+applied to the image in MONAI's x-first layout. The nodule probability is resized back to the
+input with bilinear interpolation before thresholding, so the mask follows the input's pixel grid.
 """
 
 from __future__ import annotations

@@ -123,6 +123,7 @@ def build_segmentation(
         manufacturer_model_name="thyroid_monai multitask",
         software_versions=software_version,
         device_serial_number="0",
+        omit_empty_frames=False,  # an empty mask is a result too
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from thyroid_monai.inference.inputs import (
     read_input,
 )
 from thyroid_monai.inference.measurements import largest_component, measure_nodule
-from thyroid_monai.inference.model import InferenceModel
+from thyroid_monai.inference.model import InferenceModel, Prediction
 from thyroid_monai.inference.outputs import write_dicom_outputs, write_mask, write_overlay
 from thyroid_monai.inference.report import (
     SCHEMA_VERSION,
@@ -52,6 +52,7 @@ from thyroid_monai.inference.report import (
 from thyroid_monai.io.deid import DeidentificationError, DeidentificationOptions
 from thyroid_monai.io.dicom import FramePolicy
 from thyroid_monai.io.files import write_json_atomic
+from thyroid_monai.tirads import LabelGrouping
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,79 @@ def _caption(report: dict[str, Any]) -> str:
     level = report["tirads"]["class"] or report["tirads"]["level"] or "level n/a"
     size = report["measurements"]
     if size and size["max_diameter_mm"] is not None:
-        return f"{level}  max {size['max_diameter_mm']:.1f} mm  {report['recommendation']['action']}"
+        return (
+            f"{level}  max {size['max_diameter_mm']:.1f} mm  {report['recommendation']['action']}"
+        )
     return f"{level}  size unknown"
+
+
+def build_report(
+    image: InputImage,
+    mask: np.ndarray,
+    prediction: Prediction,
+    model: Mapping[str, Any],
+    grouping: LabelGrouping | None,
+    *,
+    name: str,
+    relative_input: str | None,
+    deidentified: bool,
+    settings: InferenceSettings,
+) -> dict[str, Any]:
+    """The report of one image from its mask and the model's outputs (no files written).
+
+    Args:
+        image: The input read.
+        mask: The thresholded ``(rows, columns)`` mask, before keeping the largest component.
+        prediction: The model's level and descriptor outputs.
+        model: The model's description (:meth:`InferenceModel.describe`).
+        grouping: Label grouping of the level probabilities.
+        name: Case name.
+        relative_input: Input path to record (``None`` to record none).
+        deidentified: Whether the input was de-identified.
+        settings: Thresholds and options.
+
+    Returns:
+        The report without its ``outputs`` section (see :mod:`thyroid_monai.inference.report`).
+    """
+    warnings = []
+    largest, components = largest_component(mask)
+    if settings.keep_largest and components > 1:
+        mask = largest
+        warnings.append(f"{components} separate regions found; the largest is reported")
+    if prediction.nodule_probability is None:
+        warnings.append("the model has no mask output: no nodule measurements")
+    if image.spacing_mm is None:
+        warnings.append("the pixel spacing is unknown: no sizes in mm, no size-based advice")
+    measurements = measure_nodule(mask, image.spacing_mm)
+    descriptors = _descriptors(prediction.descriptor_logits, image, mask, settings)
+    tirads = level_section(prediction.level_probabilities, grouping, descriptors)
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "case": name,
+        "input": {
+            "kind": image.kind,
+            "file": relative_input,
+            "deidentified": deidentified,
+            "shape": list(image.image.shape),
+            "frame": image.frame_number,
+            "spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
+            "spacing_source": image.spacing_source,
+        },
+        "model": dict(model),
+        "nodule": {
+            "detected": bool(np.any(mask)),
+            "components": components,
+            "threshold": settings.threshold,
+        },
+        "measurements": measurements.to_dict() if measurements else None,
+        "tirads": tirads,
+        "descriptors": descriptors.to_dict() if descriptors else None,
+        "recommendation": recommendation_section(tirads["level"], measurements),
+    }
+    report["findings"] = findings_text(report)
+    report["warnings"] = warnings
+    report["mask"] = mask  # taken out by infer_image before writing
+    return report
 
 
 def infer_image(
@@ -156,46 +228,16 @@ def infer_image(
         The report written.
     """
     prediction = model.predict(image.image)
-    warnings = []
     if prediction.nodule_probability is None:
-        mask = np.zeros(image.image.shape, dtype=bool)
-        components = 0
-        warnings.append("the model has no mask output: no nodule measurements")
+        thresholded = np.zeros(image.image.shape, dtype=bool)
     else:
-        mask = prediction.nodule_probability >= settings.threshold
-        components = int(largest_component(mask)[1])
-        if settings.keep_largest and components > 1:
-            mask = largest_component(mask)[0]
-            warnings.append(f"{components} separate regions found; the largest is reported")
-    if image.spacing_mm is None:
-        warnings.append("the pixel spacing is unknown: no sizes in mm, no size-based advice")
-    measurements = measure_nodule(mask, image.spacing_mm)
-    descriptors = _descriptors(prediction.descriptor_logits, image, mask, settings)
-    tirads = level_section(prediction.level_probabilities, model.grouping, descriptors)
-    report: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "case": name,
-        "input": {
-            "kind": image.kind,
-            "file": relative_input,
-            "deidentified": image.kind == "dicom" and deid is not None,
-            "shape": list(image.image.shape),
-            "frame": image.frame_number,
-            "spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
-            "spacing_source": image.spacing_source,
-        },
-        "model": model.describe(),
-        "nodule": {
-            "detected": bool(mask.any()),
-            "components": components,
-            "threshold": settings.threshold,
-        },
-        "measurements": measurements.to_dict() if measurements else None,
-        "tirads": tirads,
-        "descriptors": descriptors.to_dict() if descriptors else None,
-        "recommendation": recommendation_section(tirads["level"], measurements),
-    }
-    report["findings"] = findings_text(report)
+        thresholded = prediction.nodule_probability >= settings.threshold
+    report = build_report(
+        image, thresholded, prediction, model.describe(), model.grouping, name=name,
+        relative_input=relative_input, deidentified=image.kind == "dicom" and deid is not None,
+        settings=settings,
+    )  # fmt: skip
+    mask = report.pop("mask")
     folder = out_dir / name
     outputs: dict[str, str | None] = {
         "mask": "mask.nii.gz", "overlay": "overlay.png", "report": "report.json",
@@ -210,7 +252,6 @@ def infer_image(
             deid=deid, software_version=_software_version(),
         )  # fmt: skip
     report["outputs"] = outputs
-    report["warnings"] = warnings
     write_json_atomic(folder / "report.json", report)
     return report
 

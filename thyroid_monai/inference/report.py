@@ -135,7 +135,9 @@ def recommendation_section(
             f"threshold and below the {thresholds.fna_mm:g} mm FNA threshold"
         )
     else:
-        reason = f"{diameter:.1f} mm is below the {thresholds.follow_up_mm:g} mm follow-up threshold"
+        reason = (
+            f"{diameter:.1f} mm is below the {thresholds.follow_up_mm:g} mm follow-up threshold"
+        )
     return {
         "action": action.value,
         "level": level,
@@ -154,9 +156,7 @@ def _describe(category: str, finding: Mapping[str, Any]) -> str | None:
     if value is None:
         return None
     if category == "foci":
-        return (
-            " and ".join(_VALUE_TEXT[v] for v in value) if value else "no echogenic foci"
-        )
+        return " and ".join(_VALUE_TEXT[v] for v in value) if value else "no echogenic foci"
     text = _VALUE_TEXT.get(str(value), str(value))
     return f"{text} margin" if category == "margin" else text
 
