@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose, Resize, ScaleIntensityRange
 
 from thyroid_monai import descriptor_tasks, keys
@@ -121,7 +122,10 @@ class InferenceModel:
         """Runs the network on one ``(rows, columns)`` gray-level image (0-255 range)."""
         rows, columns = image.shape
         x_first = torch.as_tensor(np.ascontiguousarray(image.T), dtype=torch.float32)[None]
-        batch = torch.as_tensor(self._preprocessing(x_first))[None].to(self.device)
+        prepared = self._preprocessing(x_first)
+        # A plain contiguous tensor: TorchScript and eager modules then see the same input.
+        plain = prepared.as_tensor() if isinstance(prepared, MetaTensor) else prepared
+        batch = torch.as_tensor(plain).contiguous()[None].to(self.device)
         outputs = self.network(batch)
         if isinstance(outputs, torch.Tensor):
             outputs = {keys.SEG: outputs}
@@ -196,8 +200,8 @@ def _read_state(path: Path, trust: bool) -> Any:
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: model file not found") from None
     except Exception as error:  # weights_only refuses globals; anything else is a damaged file
-        refused = "weights_only" in str(error) or "Unsupported global" in str(error)
-        if not refused:
+        # Objects beyond tensors and containers need their classes imported: that is the refusal.
+        if "Unsupported global" not in str(error):
             raise ModelLoadError(f"{path}: not a readable checkpoint ({error})") from None
         if not trust:
             raise UntrustedModelError(
