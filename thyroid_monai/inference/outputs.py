@@ -13,9 +13,11 @@ viewer and passes the PHI audit; nothing of the original identity reaches the ou
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
@@ -127,6 +129,13 @@ def build_segmentation(
     )
 
 
+def _reread(dataset: Dataset) -> Dataset:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
 def write_dicom_outputs(
     folder: Path,
     source: Dataset,
@@ -149,6 +158,9 @@ def write_dicom_outputs(
     )
     source_written = None
     if deid is not None:
+        # highdicom shares some items between sequences; de-identification would then remap
+        # their UIDs twice. A round trip through bytes gives every item its own object.
+        segmentation = _reread(segmentation)
         # The SEG's pixels are the mask: no burned-in text to clean, so no pixel cleaning.
         segmentation = deidentify(segmentation, dataclasses.replace(deid, clean_pixel_data=False))
         with atomic_path(folder / source_name) as temporary:
