@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pydicom
 import pytest
@@ -34,9 +35,15 @@ from thyroid_monai.inference import (
     read_input,
 )
 from thyroid_monai.io.nifti import read_nifti_2d
+from thyroid_monai.registry import register_model
 from thyroid_monai.synthetic import Phantom, PhantomConfig, RenderSettings
 from thyroid_monai.tirads import acr_recommendation
-from thyroid_monai.workflows import default_bundle_dir, run_bundle
+from thyroid_monai.workflows import (
+    default_bundle_dir,
+    run_bundle,
+    sqlite_uri,
+    tracking_store,
+)
 
 IMAGE_SIZE = [64, 64]
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -215,3 +222,36 @@ def test_preprocessing_is_the_bundles(trained: tuple[Path, Path]) -> None:
     pixels, _ = read_nifti_2d(data / item[keys.IMAGE])
     ours = inference_preprocessing(IMAGE_SIZE)(torch.as_tensor(pixels.T, dtype=torch.float32)[None])
     np.testing.assert_allclose(np.asarray(ours), np.asarray(sample[keys.IMAGE]), atol=1e-6)
+
+
+@pytest.mark.slow  # registering a pickled model costs several seconds
+def test_a_registered_mlflow_model_infers_like_its_checkpoint(trained: tuple[Path, Path]) -> None:
+    run, data = trained
+    store = sqlite_uri(tracking_store(run))
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("thyroid_us_multitask")
+    assert experiment is not None
+    run_id = client.search_runs([experiment.experiment_id])[0].info.run_id
+    network = load_model(run).network
+    register_model(
+        network, run_id=run_id, registered_name="thyroid", tracking_uri=store,
+        input_example=np.zeros((1, 1, *IMAGE_SIZE), dtype=np.float32),
+        key_metric="val_mean_dice",
+    )  # fmt: skip
+    image = sorted((data / "images").glob("*.nii.gz"))[0]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        uri = "models:/thyroid@champion"
+        assert main(["infer", "--model", uri, "--trust-model", "--in", str(image),
+                     "--out", "registered"]) == 0  # fmt: skip
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert main(["infer", "--model", str(run), "--in", str(image), "--out", "checkpoint"]) == 0
+    name = image.name[:-7]
+    registered = json.loads(Path(f"registered/{name}/report.json").read_text())
+    checkpoint = json.loads(Path(f"checkpoint/{name}/report.json").read_text())
+    assert registered["model"]["kind"] == "mlflow"
+    assert registered["model"]["label_grouping"] == "acr5"
+    assert registered["tirads"] == checkpoint["tirads"]
+    assert registered["measurements"] == checkpoint["measurements"]
