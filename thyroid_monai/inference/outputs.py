@@ -7,7 +7,9 @@ header and then de-identified with the same salt as the source copy written besi
 UID it references is remapped exactly as the source's own UIDs were (``remap_uid`` is a function
 of salt and UID). The pair ``source.dcm`` + ``segmentation.dcm`` then opens together in a DICOM
 viewer and passes the PHI audit; nothing of the original identity reaches the output. With
-``--keep-identifiers`` the SEG references the original file and no source copy is written.
+``--keep-identifiers`` the SEG references the original file and no source copy is written. A cine
+(multi-frame) source gets no SEG, with a warning in the report: highdicom writes SEGs of images
+without plane positions for single frames only.
 """
 
 from __future__ import annotations
@@ -65,6 +67,18 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, caption: str)
     return path
 
 
+def segmentation_unsupported(source: Dataset) -> str | None:
+    """Why no DICOM SEG can be written for ``source`` (``None`` when one can).
+
+    highdicom writes a SEG of an image without plane positions (ultrasound) only for a single
+    frame: a cine's mask cannot say which frame it belongs to.
+    """
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        return f"no DICOM SEG: the source is a {frames}-frame cine (single-frame sources only)"
+    return None
+
+
 def _frame_mask(source: Dataset, mask: np.ndarray, crop: tuple[int, int, int, int]) -> np.ndarray:
     """The cropped mask placed back into the full frame of the source."""
     full = np.zeros((int(source.Rows), int(source.Columns)), dtype=bool)
@@ -78,14 +92,16 @@ def build_segmentation(
     mask: np.ndarray,
     crop: tuple[int, int, int, int],
     *,
-    frame_number: int,
     software_version: str,
 ) -> Dataset:
-    """A binary DICOM SEG of ``mask`` (cropped coordinates) on one frame of ``source``.
+    """A binary DICOM SEG of ``mask`` (cropped coordinates) on a single-frame ``source``.
 
     Raises:
         ImportError: If highdicom (the ``dicom`` extra) is missing.
+        ValueError: For a multi-frame source (see :func:`segmentation_unsupported`).
     """
+    if (reason := segmentation_unsupported(source)) is not None:
+        raise ValueError(reason)
     try:
         import highdicom as hd
         from pydicom.sr.codedict import codes
@@ -94,11 +110,7 @@ def build_segmentation(
             "DICOM SEG output needs highdicom; install the 'dicom' extra: "
             "pip install 'thyroid-monai[dicom]'"
         ) from None
-    frames = int(source.get("NumberOfFrames", 1) or 1)
-    full = _frame_mask(source, mask, crop)
-    pixels = full if frames == 1 else np.zeros((frames, *full.shape), dtype=bool)
-    if frames > 1:
-        pixels[frame_number - 1] = full
+    pixels = _frame_mask(source, mask, crop)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="thyroid_monai", family=codes.cid7162.ArtificialIntelligence, version=software_version
     )
@@ -142,7 +154,6 @@ def write_dicom_outputs(
     mask: np.ndarray,
     crop: tuple[int, int, int, int],
     *,
-    frame_number: int,
     deid: DeidentificationOptions | None,
     software_version: str,
     segmentation_name: str = "segmentation.dcm",
@@ -153,9 +164,7 @@ def write_dicom_outputs(
     Returns:
         The SEG's file name and the source copy's file name (``None`` without de-identification).
     """
-    segmentation = build_segmentation(
-        source, mask, crop, frame_number=frame_number, software_version=software_version
-    )
+    segmentation = build_segmentation(source, mask, crop, software_version=software_version)
     source_written = None
     if deid is not None:
         # highdicom shares some items between sequences; de-identification would then remap

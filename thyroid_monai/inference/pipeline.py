@@ -42,7 +42,12 @@ from thyroid_monai.inference.inputs import (
 )
 from thyroid_monai.inference.measurements import largest_component, measure_nodule
 from thyroid_monai.inference.model import InferenceModel, Prediction
-from thyroid_monai.inference.outputs import write_dicom_outputs, write_mask, write_overlay
+from thyroid_monai.inference.outputs import (
+    segmentation_unsupported,
+    write_dicom_outputs,
+    write_mask,
+    write_overlay,
+)
 from thyroid_monai.inference.report import (
     SCHEMA_VERSION,
     findings_text,
@@ -247,10 +252,13 @@ def infer_image(
     write_overlay(folder / "overlay.png", image.image, mask, _caption(report))
     dicom = image.dicom
     if settings.write_segmentation and dicom is not None and dicom.dataset is not None:
-        outputs["segmentation"], outputs["source_dicom"] = write_dicom_outputs(
-            folder, dicom.dataset, mask, dicom.crop, frame_number=dicom.frames[0].number,
-            deid=deid, software_version=_software_version(),
-        )  # fmt: skip
+        if (reason := segmentation_unsupported(dicom.dataset)) is not None:
+            report["warnings"].append(reason)
+        else:
+            outputs["segmentation"], outputs["source_dicom"] = write_dicom_outputs(
+                folder, dicom.dataset, mask, dicom.crop, deid=deid,
+                software_version=_software_version(),
+            )  # fmt: skip
     report["outputs"] = outputs
     write_json_atomic(folder / "report.json", report)
     return report
