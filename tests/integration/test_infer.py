@@ -125,7 +125,7 @@ def test_truth_mask_measurements_match_the_phantom_size(
         assert image.image.shape == case.mask.shape  # the crop is the tissue region
         prediction = model.predict(image.image)
         truth = Prediction(case.mask.astype(float), prediction.level_probabilities)
-        report = build_report(
+        report, _ = build_report(
             image, case.mask, truth, model.describe(), model.grouping, name="truth",
             relative_input=None, deidentified=True, settings=InferenceSettings(),
         )  # fmt: skip

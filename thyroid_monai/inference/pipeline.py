@@ -159,7 +159,7 @@ def build_report(
     relative_input: str | None,
     deidentified: bool,
     settings: InferenceSettings,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], np.ndarray]:
     """The report of one image from its mask and the model's outputs (no files written).
 
     Args:
@@ -174,7 +174,8 @@ def build_report(
         settings: Thresholds and options.
 
     Returns:
-        The report without its ``outputs`` section (see :mod:`thyroid_monai.inference.report`).
+        The report without its ``outputs`` section (see :mod:`thyroid_monai.inference.report`)
+        and the mask it describes (the largest component with ``settings.keep_largest``).
     """
     warnings = []
     largest, components = largest_component(mask)
@@ -213,8 +214,7 @@ def build_report(
     }
     report["findings"] = findings_text(report)
     report["warnings"] = warnings
-    report["mask"] = mask  # taken out by infer_image before writing
-    return report
+    return report, mask
 
 
 def infer_image(
@@ -237,12 +237,11 @@ def infer_image(
         thresholded = np.zeros(image.image.shape, dtype=bool)
     else:
         thresholded = prediction.nodule_probability >= settings.threshold
-    report = build_report(
+    report, mask = build_report(
         image, thresholded, prediction, model.describe(), model.grouping, name=name,
         relative_input=relative_input, deidentified=image.kind == "dicom" and deid is not None,
         settings=settings,
     )  # fmt: skip
-    mask = report.pop("mask")
     folder = out_dir / name
     outputs: dict[str, str | None] = {
         "mask": "mask.nii.gz", "overlay": "overlay.png", "report": "report.json",

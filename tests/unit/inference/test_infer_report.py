@@ -33,10 +33,12 @@ def image_with_nodule(spacing: tuple[float, float] | None) -> tuple[InputImage, 
 def report_for(level_index: int, spacing: tuple[float, float] | None) -> dict:
     image, mask = image_with_nodule(spacing)
     prediction = Prediction(mask.astype(float), probabilities(level_index))
-    return build_report(
+    report, kept = build_report(
         image, mask, prediction, MODEL, GROUPING, name="case", relative_input="case.png",
         deidentified=False, settings=InferenceSettings(),
     )  # fmt: skip
+    assert kept.sum() == 800  # the 40x20 nodule without the stray speck
+    return report
 
 
 def test_follow_up_for_a_tr4_nodule_between_the_thresholds() -> None:
@@ -90,7 +92,7 @@ def test_findings_change_with_the_fields_only() -> None:
 def test_no_nodule_means_no_measurements() -> None:
     image, _ = image_with_nodule((0.3, 0.3))
     empty = np.zeros((100, 100), dtype=bool)
-    report = build_report(
+    report, _ = build_report(
         image, empty, Prediction(empty.astype(float), probabilities(3)), MODEL, GROUPING,
         name="case", relative_input=None, deidentified=False, settings=InferenceSettings(),
     )  # fmt: skip
@@ -109,7 +111,7 @@ def test_level_from_descriptor_points_without_a_level_head() -> None:
         "desc_margin": np.array([9.0, 0, 0, 0, 0]),  # smooth
         "desc_foci": np.array([-9.0, -9.0, -9.0, -9.0]),
     }
-    report = build_report(
+    report, _ = build_report(
         image, mask, Prediction(None, None, heads), MODEL, None, name="case",
         relative_input=None, deidentified=False, settings=InferenceSettings(),
     )  # fmt: skip
