@@ -255,3 +255,24 @@ def test_a_registered_mlflow_model_infers_like_its_checkpoint(trained: tuple[Pat
     assert registered["model"]["label_grouping"] == "acr5"
     assert registered["tirads"] == checkpoint["tirads"]
     assert registered["measurements"] == checkpoint["measurements"]
+
+
+def test_keep_identifiers_references_the_original_file(
+    trained: tuple[Path, Path], export: Path
+) -> None:
+    run, _ = trained
+    original = sorted(export.rglob("view*.dcm"))[0]
+    assert not original.name.endswith("_seg.dcm")
+    # A training checkpoint of the run loads like the run folder (its config is found).
+    checkpoint = next((run / "models").glob("checkpoint_epoch=*.pt"))
+    assert main(["infer", "--model", str(checkpoint), "--in", str(original), "--out", "out",
+                 "--keep-identifiers"]) == 0  # fmt: skip
+    report = json.loads(Path(f"out/{original.stem}/report.json").read_text())
+    assert report["input"]["file"] == original.name
+    assert report["input"]["deidentified"] is False
+    assert report["outputs"]["source_dicom"] is None
+    seg = pydicom.dcmread(Path("out") / original.stem / report["outputs"]["segmentation"])
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    source = pydicom.dcmread(original)
+    assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert seg.PatientID == source.PatientID
