@@ -577,16 +577,14 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    import secrets
-
     from thyroid_monai.inference import (
         DescriptorThresholds,
         InferenceSettings,
         ModelLoadError,
+        deidentification_options,
         load_model,
         run_inference,
     )
-    from thyroid_monai.io.deid import DeidentificationOptions
     from thyroid_monai.io.dicom import parse_frame_policy
 
     try:
@@ -599,9 +597,7 @@ def _run_infer(args: argparse.Namespace) -> int:
     if not args.input.exists():
         print(f"infer: input not found: {args.input}", file=sys.stderr)
         return 2
-    # Without a salt, a random one: pseudonyms and UIDs then differ on every run (unlinkable).
-    salt = args.salt or os.environ.get(SALT_VARIABLE) or secrets.token_hex(16)
-    deid = None if args.keep_identifiers else DeidentificationOptions(salt=salt)
+    deid = deidentification_options(args.keep_identifiers, args.salt)
     settings = InferenceSettings(
         threshold=args.threshold,
         frames=parse_frame_policy(args.frames),

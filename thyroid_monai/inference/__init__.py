@@ -37,6 +37,7 @@ from thyroid_monai.inference.pipeline import (
     InferenceSettings,
     InferenceSummary,
     build_report,
+    deidentification_options,
     infer_image,
     run_inference,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "UntrustedModelError",
     "build_report",
     "checkpoint_model",
+    "deidentification_options",
     "descriptors_from_heads",
     "discover_inputs",
     "estimate_descriptors",

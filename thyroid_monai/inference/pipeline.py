@@ -19,7 +19,9 @@ and the others still run.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,28 @@ from thyroid_monai.io.deid import DeidentificationError, DeidentificationOptions
 from thyroid_monai.io.dicom import FramePolicy
 from thyroid_monai.io.files import write_json_atomic
 from thyroid_monai.tirads import LabelGrouping
+
+SALT_VARIABLE = "THYROID_MONAI_DEID_SALT"
+"""Environment variable holding the de-identification salt (the same one ``prep dicom`` reads)."""
+
+
+def deidentification_options(
+    keep_identifiers: bool = False, salt: str | None = None
+) -> DeidentificationOptions | None:
+    """De-identification of DICOM inputs: on unless ``keep_identifiers``.
+
+    Args:
+        keep_identifiers: Keep the inputs' identities in the outputs (returns ``None``).
+        salt: The salt; default ``$THYROID_MONAI_DEID_SALT``, else a random one for this run
+            (pseudonyms and UIDs then differ between runs and cannot be linked).
+
+    Returns:
+        The options, or ``None`` when identifiers are kept.
+    """
+    if keep_identifiers:
+        return None
+    chosen = salt or os.environ.get(SALT_VARIABLE) or secrets.token_hex(16)
+    return DeidentificationOptions(salt=chosen)
 
 
 @dataclass(frozen=True)

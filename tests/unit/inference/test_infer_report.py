@@ -118,3 +118,19 @@ def test_level_from_descriptor_points_without_a_level_head() -> None:
     assert report["tirads"]["source"] == "descriptor_points"
     assert report["tirads"]["level"] == "TR4"  # 2 + 2 points
     assert "descriptor points give ACR TI-RADS TR4" in report["findings"]
+
+
+def test_deidentification_is_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thyroid_monai.inference import deidentification_options
+
+    assert deidentification_options(keep_identifiers=True) is None
+    monkeypatch.setenv("THYROID_MONAI_DEID_SALT", "from-env")
+    options = deidentification_options()
+    assert options is not None
+    assert options.salt == "from-env"
+    assert options.clean_pixel_data
+    monkeypatch.delenv("THYROID_MONAI_DEID_SALT")
+    first, second = deidentification_options(), deidentification_options()
+    assert first is not None
+    assert second is not None
+    assert first.salt != second.salt  # a random salt per run
