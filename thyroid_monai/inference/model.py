@@ -123,7 +123,7 @@ class InferenceModel:
         rows, columns = image.shape
         x_first = torch.as_tensor(np.ascontiguousarray(image.T), dtype=torch.float32)[None]
         prepared = self._preprocessing(x_first)
-        # A plain contiguous tensor: TorchScript and eager modules then see the same input.
+        # The network needs no metadata past pre-processing: a plain tensor of the same values.
         plain = prepared.as_tensor() if isinstance(prepared, MetaTensor) else prepared
         batch = torch.as_tensor(plain).contiguous()[None].to(self.device)
         outputs = self.network(batch)

@@ -162,6 +162,14 @@ def _descriptors(
     )
 
 
+def _no_level_reason(tirads: Mapping[str, Any], grouping: LabelGrouping | None) -> str:
+    if tirads["source"] == "level_head" and grouping is not None:
+        return f"class {tirads['class']} of the {grouping.name} grouping is not an ACR level"
+    if tirads["source"] is None:
+        return "the model has no level head and no nodule was segmented to score"
+    return "not every ACR category could be assessed, so the points give no level"
+
+
 def _caption(report: dict[str, Any]) -> str:
     level = report["tirads"]["class"] or report["tirads"]["level"] or "level n/a"
     size = report["measurements"]
@@ -234,7 +242,9 @@ def build_report(
         "measurements": measurements.to_dict() if measurements else None,
         "tirads": tirads,
         "descriptors": descriptors.to_dict() if descriptors else None,
-        "recommendation": recommendation_section(tirads["level"], measurements),
+        "recommendation": recommendation_section(
+            tirads["level"], measurements, no_level_reason=_no_level_reason(tirads, grouping)
+        ),
     }
     report["findings"] = findings_text(report)
     report["warnings"] = warnings

@@ -112,14 +112,22 @@ def level_section(
 
 
 def recommendation_section(
-    level: str | None, measurements: NoduleMeasurements | None
+    level: str | None, measurements: NoduleMeasurements | None, *, no_level_reason: str = ""
 ) -> dict[str, Any]:
-    """ACR's recommendation for the level and the maximum diameter, with its reason."""
+    """ACR's recommendation for the level and the maximum diameter, with its reason.
+
+    Args:
+        level: ACR level, or ``None`` when there is none (no recommendation then).
+        measurements: The nodule's size, or ``None`` when no nodule was segmented.
+        no_level_reason: Why there is no level (for the report's reason).
+    """
     diameter = measurements.max_diameter_mm if measurements else None
+    diameter = None if diameter is None else round(diameter, 4)
     if level is None:
+        reason = no_level_reason or "no ACR TI-RADS level is available"
         return {"action": None, "level": None, "max_diameter_mm": diameter,
                 "fna_threshold_mm": None, "follow_up_threshold_mm": None,
-                "follow_up_years": [], "reason": "no TI-RADS level is available"}  # fmt: skip
+                "follow_up_years": [], "reason": reason}  # fmt: skip
     action = acr_recommendation(level, diameter)
     thresholds = ACR_SIZE_THRESHOLDS[level]
     if thresholds.fna_mm is None:
@@ -141,7 +149,7 @@ def recommendation_section(
     return {
         "action": action.value,
         "level": level,
-        "max_diameter_mm": None if diameter is None else round(diameter, 4),
+        "max_diameter_mm": diameter,
         "fna_threshold_mm": thresholds.fna_mm,
         "follow_up_threshold_mm": thresholds.follow_up_mm,
         "follow_up_years": list(thresholds.follow_up_years)

@@ -70,7 +70,7 @@ def test_checkpoint_model_reproduces_the_network(tmp_path: Path) -> None:
     assert prediction.level_probabilities is not None
     assert prediction.level_probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     with torch.no_grad():
-        batch = model._preprocessing(torch.as_tensor(image().T)[None])[None]
+        batch = inference_preprocessing((64, 64))(torch.as_tensor(image().T)[None])[None]
         eager = torch.softmax(network(batch)["cls"], dim=1)[0].numpy()
     np.testing.assert_allclose(prediction.level_probabilities, eager, atol=1e-5)
 

@@ -134,3 +134,17 @@ def test_deidentification_is_on_by_default(monkeypatch: pytest.MonkeyPatch) -> N
     assert first is not None
     assert second is not None
     assert first.salt != second.salt  # a random salt per run
+
+
+def test_a_kwak_class_gives_no_acr_recommendation() -> None:
+    image, mask = image_with_nodule((0.3, 0.3))
+    grouping = get_grouping("kwak6", "kwak")
+    report, _ = build_report(
+        image, mask, Prediction(mask.astype(float), np.full(6, 1 / 6)), MODEL, grouping,
+        name="case", relative_input=None, deidentified=False, settings=InferenceSettings(),
+    )  # fmt: skip
+    assert report["tirads"]["class"] == "2"
+    assert report["tirads"]["level"] is None
+    assert report["recommendation"]["action"] is None
+    assert "not an ACR level" in report["recommendation"]["reason"]
+    assert "No recommendation: class 2 of the kwak6 grouping" in report["findings"]
