@@ -172,6 +172,8 @@ def _no_level_reason(tirads: Mapping[str, Any], grouping: LabelGrouping | None) 
 
 def _caption(report: dict[str, Any]) -> str:
     level = report["tirads"]["class"] or report["tirads"]["level"] or "level n/a"
+    if not report["nodule"]["detected"]:
+        return f"{level}  no nodule segmented"
     size = report["measurements"]
     if size and size["max_diameter_mm"] is not None:
         return (
