@@ -8,6 +8,7 @@ Subcommands:
     demo    synthesise, export as DICOM, prepare (de-identified), train, evaluate, print results
     sync    replay tracking records kept locally while the MLflow server was unreachable
     register  register the model of a run whose registration a tracking outage postponed
+    infer   run a trained model on images: mask, overlay, DICOM SEG and a clinical report
 """
 
 from __future__ import annotations
@@ -564,6 +565,96 @@ def _run_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_infer(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "infer",
+        help="run a trained model on images and write masks, overlays and clinical reports",
+        description="Per image: the nodule mask (NIfTI; DICOM SEG for DICOM inputs), a PNG "
+        "overlay and report.json (TI-RADS level and probabilities, descriptor points, size in mm, "
+        "ACR recommendation, findings). DICOM inputs are de-identified unless "
+        "--keep-identifiers is given.",
+    )
+    parser.add_argument(
+        "--model", required=True,
+        help="bundle run folder, checkpoint (.pt), TorchScript file, or models:/ or runs:/ URI",
+    )  # fmt: skip
+    parser.add_argument("--in", dest="input", type=Path, required=True, help="file or folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--trust-model", action="store_true",
+        help="allow loading that unpickles (MLflow models, pickled checkpoints): runs code from "
+        "the model file, so only for models of trusted origin",
+    )  # fmt: skip
+    parser.add_argument(
+        "--config", type=Path, nargs="+",
+        help="the run's config files when the run folder has no saved eval/config_*.json",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-identifiers", action="store_true",
+        help="do not de-identify DICOM inputs (outputs then carry patient data)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--salt", help=f"de-identification salt (default: ${SALT_VARIABLE}, else a random one)"
+    )
+    parser.add_argument("--threshold", type=float, default=0.5, help="mask probability")
+    parser.add_argument("--frames", default="middle", help="cine frame: middle, first or a number")
+    parser.add_argument("--no-segmentation", action="store_true", help="no DICOM SEG output")
+    parser.add_argument(
+        "--foci-from-bright-spots", action="store_true",
+        help="estimate echogenic foci from bright spots (unreliable: see the report docs)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.set_defaults(handler=_run_infer)
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from thyroid_monai.inference import (
+        DescriptorThresholds,
+        InferenceSettings,
+        ModelLoadError,
+        deidentification_options,
+        load_model,
+        run_inference,
+    )
+    from thyroid_monai.io.dicom import parse_frame_policy
+
+    try:
+        model = load_model(
+            args.model, trust=args.trust_model, config_files=args.config, device=args.device
+        )
+    except ModelLoadError as error:
+        print(f"infer: {error}", file=sys.stderr)
+        return 2
+    if not args.input.exists():
+        print(f"infer: input not found: {args.input}", file=sys.stderr)
+        return 2
+    deid = deidentification_options(args.keep_identifiers, args.salt)
+    settings = InferenceSettings(
+        threshold=args.threshold,
+        frames=parse_frame_policy(args.frames),
+        write_segmentation=not args.no_segmentation,
+        descriptor_thresholds=DescriptorThresholds(
+            foci_from_bright_spots=args.foci_from_bright_spots
+        ),
+    )
+
+    def report(path: Path, name: str | None, error: str | None) -> None:
+        if error is not None:
+            print(f"FAILED  {error}", file=sys.stderr)
+        elif name is not None:
+            print(f"ok      {name}")
+
+    summary = run_inference(model, args.input, args.out, deid=deid, settings=settings,
+                            on_case=report)  # fmt: skip
+    print(
+        f"infer: {len(summary.written)} images written to {args.out}, {len(summary.failed)} "
+        f"failed, {len(summary.skipped)} skipped (not images)"
+    )
+    if summary.failed:
+        return 1
+    return 0 if summary.written else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``thyroid-monai``."""
     parser = argparse.ArgumentParser(
@@ -577,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_sync(subparsers)
     _add_register(subparsers)
+    _add_infer(subparsers)
     return parser
 
 

@@ -154,6 +154,45 @@ def compute_features(
     return [values.get(name) for name in FEATURES]
 
 
+CUSTOM_FEATURES: tuple[str, ...] = (
+    "anechoic_fraction",
+    "echogenicity_ratio",
+    "taller_than_wide",
+    "bright_spot_count",
+)
+"""The features computed here rather than by pyradiomics."""
+
+
+def custom_features(
+    image: np.ndarray,
+    mask: np.ndarray,
+    spacing_mm: Sequence[float] | None,
+    settings: RadiomicsSettings | None = None,
+) -> dict[str, float | None]:
+    """Only the custom features (no pyradiomics needed), keyed by :data:`CUSTOM_FEATURES`.
+
+    Args:
+        image: ``(rows, columns)`` 8-bit B-mode image.
+        mask: ``(rows, columns)`` nodule mask (non-zero inside).
+        spacing_mm: ``(x, y)`` pixel spacing, or ``None`` when unknown (the millimetre-based
+            features are then ``None``).
+        settings: Feature settings.
+
+    Returns:
+        Every custom feature; all ``None`` for a mask smaller than ``min_mask_pixels``.
+
+    Raises:
+        ValueError: If the image and mask shapes differ.
+    """
+    settings = settings or RadiomicsSettings()
+    inside = np.asarray(mask) > 0
+    if image.shape != inside.shape:
+        raise ValueError(f"image shape {image.shape} differs from mask shape {inside.shape}")
+    if inside.sum() < settings.min_mask_pixels:
+        return dict.fromkeys(CUSTOM_FEATURES)
+    return _custom(np.asarray(image, dtype=np.float64), inside, spacing_mm, settings)
+
+
 def _pyradiomics(
     image: np.ndarray,
     inside: np.ndarray,

@@ -303,7 +303,10 @@ def clean_pixel_data(dataset: Dataset) -> None:
             "annotation is not 'NO'"
         )
     if dataset.file_meta.TransferSyntaxUID.is_compressed:
-        dataset.decompress()  # YBR becomes RGB here; the photometric interpretation follows
+        # YBR becomes RGB here; the photometric interpretation follows. The instance keeps its
+        # UID (pydicom would draw a random one), which the salted remapping then replaces: the
+        # same salt gives the same UIDs on every run, and references to this instance still hold.
+        dataset.decompress(generate_instance_uid=False)
     pixels = dataset.pixel_array.copy()
     keep = outside_regions_mask(regions, int(dataset.Rows), int(dataset.Columns)) == 0
     frames = int(dataset.get("NumberOfFrames", 1) or 1)

@@ -17,6 +17,7 @@ from thyroid_monai.io.deid import (
     deidentify,
     effective_action,
     pseudonym,
+    remap_uid,
 )
 from thyroid_monai.io.dicom import read_ultrasound
 from thyroid_monai.io.dicom_write import PatientInfo, write_ultrasound_dicom
@@ -86,6 +87,16 @@ def test_uids_map_consistently_for_one_salt_and_differently_for_another():
     assert a.SOPInstanceUID != b.SOPInstanceUID
     assert a.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
     assert a.PatientID == b.PatientID != other_salt.PatientID
+
+
+def test_compressed_pixels_keep_the_salted_uid_mapping():
+    # Cleaning decompresses the pixels; the instance UID must still be the salted remap of the
+    # original (pydicom would otherwise draw a random one), so references to it stay valid.
+    original = _export("rle.dcm", syntax="rle", photometric="MONOCHROME2")
+    options = DeidentificationOptions(salt="pepper")
+    first, again = deidentify(original, options), deidentify(original, options)
+    assert first.SOPInstanceUID == again.SOPInstanceUID == remap_uid(original.SOPInstanceUID,
+                                                                     "pepper")  # fmt: skip
 
 
 def test_modified_dates_shift_every_date_of_a_patient_by_the_same_days():

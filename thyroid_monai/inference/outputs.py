@@ -1,0 +1,180 @@
+"""Writing the per-image outputs, each file atomically: mask NIfTI, overlay PNG, DICOM SEG.
+
+DICOM inputs also get a DICOM SEG of the mask (highdicom, binary, one segment "nodule", algorithm
+type AUTOMATIC), placed back into the full frame it was cropped from. With de-identification on
+(the default) the SEG references the **de-identified** source: the SEG is built from the original
+header and then de-identified with the same salt as the source copy written beside it, so every
+UID it references is remapped exactly as the source's own UIDs were (``remap_uid`` is a function
+of salt and UID). The pair ``source.dcm`` + ``segmentation.dcm`` then opens together in a DICOM
+viewer and passes the PHI audit; nothing of the original identity reaches the output. With
+``--keep-identifiers`` the SEG references the original file and no source copy is written. A cine
+(multi-frame) source gets no SEG, with a warning in the report: highdicom writes SEGs of images
+without plane positions for single frames only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from thyroid_monai.io.deid import DeidentificationOptions, deidentify
+from thyroid_monai.io.files import atomic_path
+from thyroid_monai.io.nifti import write_nifti_2d
+
+CONTOUR_COLOUR = (255, 40, 40)
+TEXT_BAND_COLOUR = (0, 0, 0)
+TEXT_COLOUR = (255, 255, 255)
+
+
+def write_mask(path: Path, mask: np.ndarray, spacing_mm: tuple[float, float] | None) -> Path:
+    """The ``(rows, columns)`` mask as a ``uint8`` NIfTI with the input's spacing."""
+    return write_nifti_2d(path, (np.asarray(mask) > 0).astype(np.uint8), spacing_mm)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(image, dtype=np.float64), 0, 255).astype(np.uint8)
+
+
+def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, caption: str) -> Path:
+    """A PNG of the image with the mask's contour and a caption band above it.
+
+    Args:
+        path: Destination ``.png``.
+        image: ``(rows, columns)`` gray levels (clipped to 0-255).
+        mask: ``(rows, columns)`` nodule mask.
+        caption: One line (the level, the size).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    gray = _to_uint8(image)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    inside = np.asarray(mask) > 0
+    contour = inside & ~ndimage.binary_erosion(inside, structure=np.ones((3, 3), dtype=bool))
+    rgb[contour] = CONTOUR_COLOUR
+    font = ImageFont.load_default()
+    band = 16
+    canvas = Image.new("RGB", (gray.shape[1], gray.shape[0] + band), TEXT_BAND_COLOUR)
+    canvas.paste(Image.fromarray(rgb), (0, band))
+    ImageDraw.Draw(canvas).text((2, 2), caption, fill=TEXT_COLOUR, font=font)
+    with atomic_path(path) as temporary:
+        canvas.save(temporary, format="PNG")
+    return path
+
+
+def segmentation_unsupported(source: Dataset) -> str | None:
+    """Why no DICOM SEG can be written for ``source`` (``None`` when one can).
+
+    highdicom writes a SEG of an image without plane positions (ultrasound) only for a single
+    frame: a cine's mask cannot say which frame it belongs to.
+    """
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        return f"no DICOM SEG: the source is a {frames}-frame cine (single-frame sources only)"
+    return None
+
+
+def _frame_mask(source: Dataset, mask: np.ndarray, crop: tuple[int, int, int, int]) -> np.ndarray:
+    """The cropped mask placed back into the full frame of the source."""
+    full = np.zeros((int(source.Rows), int(source.Columns)), dtype=bool)
+    min_x, min_y, max_x, max_y = crop
+    full[min_y : max_y + 1, min_x : max_x + 1] = np.asarray(mask) > 0
+    return full
+
+
+def build_segmentation(
+    source: Dataset,
+    mask: np.ndarray,
+    crop: tuple[int, int, int, int],
+    *,
+    software_version: str,
+) -> Dataset:
+    """A binary DICOM SEG of ``mask`` (cropped coordinates) on a single-frame ``source``.
+
+    Raises:
+        ImportError: If highdicom (the ``dicom`` extra) is missing.
+        ValueError: For a multi-frame source (see :func:`segmentation_unsupported`).
+    """
+    if (reason := segmentation_unsupported(source)) is not None:
+        raise ValueError(reason)
+    try:
+        import highdicom as hd
+        from pydicom.sr.codedict import codes
+    except ImportError:
+        raise ImportError(
+            "DICOM SEG output needs highdicom; install the 'dicom' extra: "
+            "pip install 'thyroid-monai[dicom]'"
+        ) from None
+    pixels = _frame_mask(source, mask, crop)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="thyroid_monai", family=codes.cid7162.ArtificialIntelligence, version=software_version
+    )
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="nodule",
+        segmented_property_category=hd.sr.CodedConcept(
+            "49755003", "SCT", "Morphologically Abnormal Structure"
+        ),
+        segmented_property_type=hd.sr.CodedConcept("27925004", "SCT", "Nodule"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    return hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="thyroid_monai",
+        manufacturer_model_name="thyroid_monai multitask",
+        software_versions=software_version,
+        device_serial_number="0",
+        omit_empty_frames=False,  # an empty mask is a result too
+    )
+
+
+def _reread(dataset: Dataset) -> Dataset:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def write_dicom_outputs(
+    folder: Path,
+    source: Dataset,
+    mask: np.ndarray,
+    crop: tuple[int, int, int, int],
+    *,
+    deid: DeidentificationOptions | None,
+    software_version: str,
+    segmentation_name: str = "segmentation.dcm",
+    source_name: str = "source.dcm",
+) -> tuple[str, str | None]:
+    """Writes the SEG (and, when de-identifying, the de-identified source it references).
+
+    Returns:
+        The SEG's file name and the source copy's file name (``None`` without de-identification).
+    """
+    segmentation = build_segmentation(source, mask, crop, software_version=software_version)
+    source_written = None
+    if deid is not None:
+        # highdicom shares some items between sequences; de-identification would then remap
+        # their UIDs twice. A round trip through bytes gives every item its own object.
+        segmentation = _reread(segmentation)
+        # The SEG's pixels are the mask: no burned-in text to clean, so no pixel cleaning.
+        segmentation = deidentify(segmentation, dataclasses.replace(deid, clean_pixel_data=False))
+        with atomic_path(folder / source_name) as temporary:
+            deidentify(source, deid).save_as(temporary, enforce_file_format=True)
+        source_written = source_name
+    with atomic_path(folder / segmentation_name) as temporary:
+        segmentation.save_as(temporary, enforce_file_format=True)
+    return segmentation_name, source_written
