@@ -230,24 +230,6 @@ class ResilientMLFlowHandler(MLFlowHandler):
                 return
         super()._log_metrics(metrics, step)
 
-    def _log_params(self, params: dict[str, Any]) -> None:
-        """Logs the params the run does not hold yet; a changed value is kept as it was."""
-        if self._logged_params:
-            changed = sorted(
-                key
-                for key, value in params.items()
-                if key in self._logged_params and self._logged_params[key] != str(value)
-            )
-            if changed:
-                logger.warning(
-                    "params %s differ from those of the continued run, which keeps its values",
-                    changed,
-                )
-            params = {key: value for key, value in params.items() if key not in self._logged_params}
-            if not params:
-                return
-        super()._log_params(params)
-
     def _resilient(self, call: Callable[[], None]) -> None:
         try:
             call()
