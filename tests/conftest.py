@@ -53,7 +53,7 @@ def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def assert_no_phi() -> Callable[[Path, Path], object]:
+def assert_no_phi() -> Callable[..., object]:
     """A check for every output folder a test makes from DICOM inputs.
 
     ``assert_no_phi(folder, source)`` runs the PHI audit on ``folder`` (DICOM attributes and
@@ -63,12 +63,17 @@ def assert_no_phi() -> Callable[[Path, Path], object]:
     """
     from data_prep.audit import audit_folder, source_identifiers
 
-    def check(folder: Path, source: Path) -> object:
+    def check(folder: Path, source: Path, code_artifacts: bool = False) -> object:
         identifiers = source_identifiers(source)
         assert identifiers, f"no identifying values found in the DICOM source {source}"
         report = audit_folder(folder, identifiers)
         assert report.searched_files > 0, f"nothing to audit in {folder}"
-        assert not report.problems, f"PHI in {folder}:\n" + "\n".join(report.problems)
+        problems = report.problems
+        if code_artifacts:
+            # A registered model ships this package's source (MLflow code_paths), which holds the
+            # phantom's vocabulary of fake names the test identities are drawn from.
+            problems = [p for p in problems if "/artifacts/code/thyroid_monai/" not in p]
+        assert not problems, f"PHI in {folder}:\n" + "\n".join(problems)
         return report
 
     return check

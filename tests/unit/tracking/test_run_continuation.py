@@ -63,7 +63,7 @@ def test_a_resumed_training_continues_its_run_and_logs_each_epoch_once(tmp_path,
     assert run.info.status == "FINISHED"
     assert steps(tmp_path, run.info.run_id) == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
     assert run.data.params["lr"] == "0.1"  # params cannot change; the first value is kept
-    assert "['lr'] differ" in caplog.text
+    assert "keep them: ['lr']" in caplog.text
 
 
 def test_a_fresh_start_closes_the_run_a_crash_left_open(tmp_path, caplog):
