@@ -48,15 +48,9 @@ def write_segmentation(path: Path, source: Path, mask: np.ndarray) -> None:
     import highdicom as hd
     import pydicom
 
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="nodule",
-        segmented_property_category=hd.sr.CodedConcept(
-            "49755003", "SCT", "Morphologically Abnormal Structure"
-        ),
-        segmented_property_type=hd.sr.CodedConcept("27925004", "SCT", "Nodule"),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-    )
+    from thyroid_monai.inference.outputs import nodule_segment_description
+
+    description = nodule_segment_description()  # the readers' contours: manual
     image = pydicom.dcmread(source)
     segmentation = hd.seg.Segmentation(
         source_images=[image],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -114,16 +115,7 @@ def build_segmentation(
     algorithm = hd.AlgorithmIdentificationSequence(
         name="thyroid_monai", family=codes.cid7162.ArtificialIntelligence, version=software_version
     )
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="nodule",
-        segmented_property_category=hd.sr.CodedConcept(
-            "49755003", "SCT", "Morphologically Abnormal Structure"
-        ),
-        segmented_property_type=hd.sr.CodedConcept("27925004", "SCT", "Nodule"),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-    )
+    description = nodule_segment_description(algorithm)
     return hd.seg.Segmentation(
         source_images=[source],
         pixel_array=pixels,
@@ -138,6 +130,31 @@ def build_segmentation(
         software_versions=software_version,
         device_serial_number="0",
         omit_empty_frames=False,  # an empty mask is a result too
+    )
+
+
+def nodule_segment_description(algorithm: Any = None) -> Any:
+    """The SEG segment of a thyroid nodule (SNOMED CT: morphologically abnormal structure, nodule).
+
+    Args:
+        algorithm: A highdicom ``AlgorithmIdentificationSequence`` for an automatic segmentation;
+            ``None`` for a manual one (a reader's contour).
+
+    Returns:
+        A ``highdicom.seg.SegmentDescription`` numbered 1 and labelled ``nodule``.
+    """
+    import highdicom as hd
+
+    algorithm_type = hd.seg.SegmentAlgorithmTypeValues
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="nodule",
+        segmented_property_category=hd.sr.CodedConcept(
+            "49755003", "SCT", "Morphologically Abnormal Structure"
+        ),
+        segmented_property_type=hd.sr.CodedConcept("27925004", "SCT", "Nodule"),
+        algorithm_type=algorithm_type.MANUAL if algorithm is None else algorithm_type.AUTOMATIC,
+        algorithm_identification=algorithm,
     )
 
 
