@@ -20,11 +20,12 @@ Every (variability, method, seed, fold) run writes its scores to ``<work>/runs/.
 and is skipped when that file exists, so an interrupted benchmark resumes where it stopped.
 
 Outputs in ``benchmarks/results/`` (``accuracy_quick*`` with ``--quick``): per-run CSV, summary
-CSV and Markdown (mean and standard deviation per variability and method; the paired comparison
-of RLAR against the weighted sum per fold and seed), and a PNG plot. Each table says above it the
-command that produced it.
+CSV and Markdown (mean and standard deviation per variability and method; paired comparisons per
+fold and seed of RLAR against the weighted sum and against the same model without RLAR, and of
+CAME-Grad against the sum and CAGrad; whether the RLAR penalty was active), and a PNG plot. Each
+table says above it the command that produced it.
 
-    python benchmarks/accuracy.py --quick        # the CPU settings (under 1 hour on 2 cores)
+    python benchmarks/accuracy.py --quick --jobs 2  # the CPU settings (under 1 hour on 2 cores)
     python benchmarks/accuracy.py --device cuda  # the full settings, for a GPU
     python benchmarks/accuracy.py --quick --methods sum rlar --variability strong
 """
@@ -46,7 +47,13 @@ from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-REFERENCE, CHALLENGER = "sum", "rlar"
+PAIRS = (
+    ("rlar", "sum"), ("rlar", "sum_radiomics"), ("rlar_tau0", "sum_radiomics"),
+    ("camegrad", "sum"), ("camegrad", "cagrad"),
+)  # fmt: skip
+"""Paired comparisons (challenger, reference): RLAR against the weighted sum (the paper's claim)
+and against the same model without the regulariser (RLAR's own share), CAME-Grad against the sum
+and against CAGrad (its rectification's origin)."""
 VARIABILITIES = ("none", "moderate", "strong")
 METRICS = ("dice", "hd95_mm", "macro_f1", "qwk", "auc")
 """The scores compared, all against the phantom's truth."""
@@ -62,8 +69,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "cagrad": {"gradient_method_name": "cagrad"},
     "uncertainty": {"gradient_method_name": "uncertainty"},
     "gradnorm": {"gradient_method_name": "gradnorm"},
+    # not in the default list: RLAR with the smallest margin papers.md suggests (tau 0)
+    "rlar_tau0": {"use_radiomics": True, "use_rlar": True, "rlar_tau": 0.0},
 }
 """Bundle overrides of each method over ``train.yaml``."""
+DEFAULT_METHODS = tuple(name for name in METHODS if name != "rlar_tau0")
+"""The methods the issue compares (``--methods`` picks others)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,7 @@ class Settings:
 
 
 QUICK = Settings(
-    images=90, render_size=128, image_size=64, epochs=5, folds=2, seeds=(0, 1, 2),
+    images=240, render_size=128, image_size=64, epochs=6, folds=2, seeds=(0, 1, 2),
     backbone="resnet10", batch_size=8, rlar_warmup_epochs=1,
 )  # fmt: skip
 FULL = Settings(
@@ -115,6 +126,8 @@ class RunScores:
     fold: int
     scores: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    """The trainer's last-epoch means of the RLAR cosines (``rlar_cos_mean``, ...), if any."""
 
 
 def dataset(root: Path, variability: str, settings: Settings, radiomics: bool) -> Path:
@@ -166,17 +179,32 @@ def truth_scores(metrics: Mapping[str, float]) -> dict[str, float | None]:
     return scores
 
 
+RLAR_DIAGNOSTICS = ("rlar_cos_mean", "rlar_cos_max", "rlar_excess_share")
+"""The trainer's epoch means that say whether the RLAR penalty was active."""
+
+
 def train_and_evaluate(
     data_dir: Path, run_dir: Path, overrides: Mapping[str, Any]
-) -> dict[str, float | None]:
-    """Trains one configuration through the bundle and scores its best checkpoint on the test."""
+) -> tuple[dict[str, float | None], dict[str, float]]:
+    """Trains one configuration through the bundle and scores its best checkpoint on the test.
+
+    Returns:
+        The truth scores, and the RLAR diagnostics of the last training epoch (empty without
+        RLAR).
+    """
     from thyroid_monai.workflows import read_metrics_csv, run_bundle
 
-    run_bundle(["train.yaml"], run_dir=run_dir, dataset_dir=data_dir, tracking=False,
-               quiet=True, overrides=dict(overrides))  # fmt: skip
+    training = run_bundle(["train.yaml"], run_dir=run_dir, dataset_dir=data_dir, tracking=False,
+                          quiet=True, overrides=dict(overrides))  # fmt: skip
+    epoch_means = training.parser.get_parsed_content("train#trainer").state.metrics
+    diagnostics = {
+        name: float(epoch_means[f"train_{name}"])
+        for name in RLAR_DIAGNOSTICS
+        if f"train_{name}" in epoch_means
+    }
     run_bundle(["train.yaml", "evaluate.yaml"], run_dir=run_dir, dataset_dir=data_dir,
                tracking=False, quiet=True, overrides=dict(overrides))  # fmt: skip
-    return truth_scores(read_metrics_csv(run_dir / "eval" / "metrics.csv"))
+    return truth_scores(read_metrics_csv(run_dir / "eval" / "metrics.csv")), diagnostics
 
 
 def run_overrides(method: str, settings: Settings, seed: int, fold: int, device: str) -> dict:
@@ -201,11 +229,26 @@ def run_all(
     methods: Sequence[str],
     variabilities: Sequence[str],
     device: str,
+    jobs: int = 1,
+    threads: int | None = None,
 ) -> list[RunScores]:
-    """Every run, resuming from the scores already on disk."""
+    """Every run, resuming from the scores already on disk.
+
+    Args:
+        work: Data and run folders.
+        settings: The benchmark's scale.
+        methods: Method names (keys of ``METHODS``).
+        variabilities: Reader-variability presets.
+        device: Torch device of every run.
+        jobs: Runs trained at once, each in its own process. On a CPU, two single-threaded runs
+            finish a small network's epochs sooner than one run on two threads.
+        threads: Torch threads per run (default: the cores shared among the jobs). Scores
+            depend slightly on it (floating-point summation order), so the tables record it.
+    """
     needs_radiomics = any(METHODS[m].get("use_radiomics") for m in methods)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    pending: list[tuple[str, str, int, int, Path]] = []
     records: list[RunScores] = []
-    total = len(variabilities) * len(methods) * len(settings.seeds) * settings.folds
     for variability in variabilities:
         data_dir = dataset(work, variability, settings, needs_radiomics)
         for seed in settings.seeds:
@@ -215,19 +258,71 @@ def run_all(
                     saved = run_dir / "scores.json"
                     if saved.is_file():
                         records.append(RunScores(**json.loads(saved.read_text())))
-                        continue
-                    started = time.perf_counter()
-                    overrides = run_overrides(method, settings, seed, fold, device)
-                    scores = train_and_evaluate(data_dir, run_dir, overrides)
-                    record = RunScores(variability, method, seed, fold, scores,
-                                       round(time.perf_counter() - started, 1))  # fmt: skip
-                    saved.write_text(json.dumps(asdict(record), indent=2) + "\n")
-                    records.append(record)
-                    print(f"[{len(records)}/{total}] {variability:<9}{method:<14}seed {seed} "
-                          f"fold {fold}: " + ", ".join(
-                              f"{k} {v:.3f}" for k, v in scores.items() if v is not None)
-                          + f" ({record.seconds:.0f} s)", flush=True)  # fmt: skip
-    return records
+                    else:
+                        pending.append((variability, method, seed, fold, data_dir))
+    total = len(records) + len(pending)
+    arguments = [
+        (work, settings, variability, method, seed, fold, data_dir, device, threads)
+        for variability, method, seed, fold, data_dir in pending
+    ]
+    if jobs <= 1:
+        torch_threads(threads)
+        finished: Iterable[RunScores] = (one_run(*a) for a in arguments)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: a forked child would inherit the parent's torch thread pools
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        futures = [pool.submit(one_run, *a) for a in arguments]
+        finished = (future.result() for future in as_completed(futures))
+    try:
+        for record in finished:
+            records.append(record)
+            print(f"[{len(records)}/{total}] {record.variability:<9}{record.method:<14}"
+                  f"seed {record.seed} fold {record.fold}: " + ", ".join(
+                      f"{k} {v:.3f}" for k, v in record.scores.items() if v is not None)
+                  + f" ({record.seconds:.0f} s)", flush=True)  # fmt: skip
+    finally:
+        if jobs > 1:
+            pool.shutdown(cancel_futures=True)
+    order = {(v, m, s, f): i for i, (v, m, s, f) in enumerate(
+        (v, m, s, f) for v in variabilities for s in settings.seeds
+        for f in range(settings.folds) for m in methods)}  # fmt: skip
+    return sorted(records, key=lambda r: order.get((r.variability, r.method, r.seed, r.fold), 0))
+
+
+def torch_threads(threads: int) -> None:
+    """Sets torch's intra-op threads (each run process calls it before training)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def one_run(
+    work: Path,
+    settings: Settings,
+    variability: str,
+    method: str,
+    seed: int,
+    fold: int,
+    data_dir: Path,
+    device: str,
+    threads: int,
+) -> RunScores:
+    """Trains and scores one (variability, method, seed, fold); writes its ``scores.json``."""
+    torch_threads(threads)
+    run_dir = work / "runs" / variability / method / f"seed{seed}_fold{fold}"
+    started = time.perf_counter()
+    overrides = run_overrides(method, settings, seed, fold, device)
+    scores, diagnostics = train_and_evaluate(data_dir, run_dir, overrides)
+    record = RunScores(variability, method, seed, fold, scores,
+                       round(time.perf_counter() - started, 1), diagnostics)  # fmt: skip
+    # written last and atomically: a run without scores.json is trained again on resume
+    partial = run_dir / "scores.json.partial"
+    partial.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    partial.replace(run_dir / "scores.json")
+    return record
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float, float, int] | None:
@@ -257,39 +352,57 @@ def summarise(records: Sequence[RunScores]) -> list[dict[str, Any]]:
 
 
 def paired_comparison(
-    records: Sequence[RunScores], challenger: str = CHALLENGER, reference: str = REFERENCE
+    records: Sequence[RunScores], pairs: Sequence[tuple[str, str]] = PAIRS
 ) -> list[dict[str, Any]]:
     """Challenger minus reference per (variability, seed, fold): mean, wins, Wilcoxon p."""
     from scipy.stats import wilcoxon
 
     by_key = {(r.variability, r.method, r.seed, r.fold): r for r in records}
     rows = []
-    for variability in dict.fromkeys(r.variability for r in records):
-        for metric in METRICS:
-            differences = []
-            for (v, method, seed, fold), record in by_key.items():
-                partner = by_key.get((v, reference, seed, fold))
-                if v != variability or method != challenger or partner is None:
+    for challenger, reference in pairs:
+        for variability in dict.fromkeys(r.variability for r in records):
+            for metric in METRICS:
+                differences = []
+                for (v, method, seed, fold), record in by_key.items():
+                    partner = by_key.get((v, reference, seed, fold))
+                    if v != variability or method != challenger or partner is None:
+                        continue
+                    a, b = record.scores.get(metric), partner.scores.get(metric)
+                    if a is not None and b is not None:
+                        differences.append(a - b)
+                if not differences:
                     continue
-                a, b = record.scores.get(metric), partner.scores.get(metric)
-                if a is not None and b is not None:
-                    differences.append(a - b)
-            if not differences:
-                continue
-            sign = 1 if HIGHER_IS_BETTER[metric] else -1
-            wins = sum(sign * d > 0 for d in differences)
-            losses = sum(sign * d < 0 for d in differences)
-            nonzero = [d for d in differences if d != 0]
-            p_value = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else None
-            rows.append({
-                "variability": variability, "metric": metric, "pairs": len(differences),
-                "mean_difference": round(statistics.fmean(differences), 4),
-                "std_difference": round(statistics.stdev(differences), 4)
-                if len(differences) > 1 else 0.0,
-                "wins": wins, "losses": losses, "ties": len(differences) - wins - losses,
-                "wilcoxon_p": None if p_value is None else round(p_value, 4),
-            })  # fmt: skip
+                sign = 1 if HIGHER_IS_BETTER[metric] else -1
+                wins = sum(sign * d > 0 for d in differences)
+                losses = sum(sign * d < 0 for d in differences)
+                nonzero = [d for d in differences if d != 0]
+                p_value = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else None
+                rows.append({
+                    "challenger": challenger, "reference": reference,
+                    "variability": variability, "metric": metric, "pairs": len(differences),
+                    "mean_difference": round(statistics.fmean(differences), 4),
+                    "std_difference": round(statistics.stdev(differences), 4)
+                    if len(differences) > 1 else 0.0,
+                    "wins": wins, "losses": losses, "ties": len(differences) - wins - losses,
+                    "wilcoxon_p": None if p_value is None else round(p_value, 4),
+                })  # fmt: skip
     return rows
+
+
+def rlar_activity(records: Sequence[RunScores]) -> list[dict[str, Any]]:
+    """Per (variability, method) with RLAR: the mean of the runs' last-epoch cosine statistics."""
+    groups: dict[tuple[str, str], list[RunScores]] = {}
+    for record in records:
+        if record.diagnostics:
+            groups.setdefault((record.variability, record.method), []).append(record)
+    return [
+        {"variability": variability, "method": method, "runs": len(group)}
+        | {
+            name: round(statistics.fmean(r.diagnostics.get(name, math.nan) for r in group), 4)
+            for name in RLAR_DIAGNOSTICS
+        }
+        for (variability, method), group in groups.items()
+    ]
 
 
 def _cell(mean: float | None, std: float | None) -> str:
@@ -302,6 +415,7 @@ def markdown(
     summary: Sequence[Mapping[str, Any]],
     paired: Sequence[Mapping[str, Any]],
     machine: str,
+    activity: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The summary and paired tables, with the command that produced them above."""
     lines = [
@@ -323,21 +437,41 @@ def markdown(
                      + " | ".join(cells) + " |")  # fmt: skip
     lines += [
         "",
-        f"## Paired comparison: {CHALLENGER} minus {REFERENCE} (same seed and fold)",
+        "## Paired comparisons (challenger minus reference, same seed and fold)",
         "",
-        "Wins count pairs where RLAR is better (higher, or lower for HD95). The Wilcoxon "
-        "signed-rank p-value is two-sided; with few pairs it cannot go below ~0.03.",
+        "Wins count pairs where the challenger is better (higher, or lower for HD95). The "
+        "Wilcoxon signed-rank p-value is two-sided; with 6 pairs it cannot go below 0.03.",
         "",
-        "| variability | metric | pairs | mean difference | sd | wins / ties / losses | p |",
-        "|---|---|---|---|---|---|---|",
+        "| challenger - reference | variability | metric | pairs | mean difference | sd "
+        "| wins / ties / losses | p |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in paired:
         p = "n/a" if row["wilcoxon_p"] is None else f"{row['wilcoxon_p']:.3f}"
         lines.append(
-            f"| {row['variability']} | {row['metric']} | {row['pairs']} | "
-            f"{row['mean_difference']:+.4f} | {row['std_difference']:.4f} | "
-            f"{row['wins']} / {row['ties']} / {row['losses']} | {p} |"
+            f"| {row['challenger']} - {row['reference']} | {row['variability']} | "
+            f"{row['metric']} | {row['pairs']} | {row['mean_difference']:+.4f} | "
+            f"{row['std_difference']:.4f} | {row['wins']} / {row['ties']} / {row['losses']} "
+            f"| {p} |"
         )
+    if activity:
+        lines += [
+            "",
+            "## Was the RLAR penalty active?",
+            "",
+            "Last training epoch, mean over runs: the mean and largest per-sample cosine between "
+            "the mask and level gradient directions at the shared latent, and the share of "
+            "samples above the margin tau (only those are penalised).",
+            "",
+            "| variability | method | runs | cos mean | cos max | share above tau |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in activity:
+            lines.append(
+                f"| {row['variability']} | {row['method']} | {row['runs']} | "
+                f"{row['rlar_cos_mean']:+.4f} | {row['rlar_cos_max']:+.4f} | "
+                f"{row['rlar_excess_share']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -401,19 +535,24 @@ def describe_machine(device: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the CPU settings (see QUICK)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        default=list(DEFAULT_METHODS))  # fmt: skip
     parser.add_argument("--variability", nargs="+", choices=VARIABILITIES,
                         default=list(VARIABILITIES))  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", help="override the settings' seeds")
     parser.add_argument("--epochs", type=int, help="override the settings' epochs")
     parser.add_argument("--images", type=int, help="override the settings' images")
+    parser.add_argument("--image-size", type=int, help="override the settings' image_size")
+    parser.add_argument("--batch-size", type=int, help="override the settings' batch_size")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default cores/jobs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, help="data and runs (default benchmarks/.work/...)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (accuracy or accuracy_quick)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
-    for option in ("seeds", "epochs", "images"):
+    for option in ("seeds", "epochs", "images", "image_size", "batch_size"):
         value = getattr(args, option)
         if value is not None:
             settings = Settings(**{**asdict(settings), option: tuple(value)
@@ -422,9 +561,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(__file__).parent / ".work" / name
     command = " ".join(["python benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
-    records = run_all(work, settings, args.methods, args.variability, args.device)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    records = run_all(work, settings, args.methods, args.variability, args.device,
+                      jobs=args.jobs, threads=threads)  # fmt: skip
     summary, paired = summarise(records), paired_comparison(records)
+    activity = rlar_activity(records)
     machine = describe_machine(args.device)
+    machine += f"; {args.jobs} run(s) at once, {threads} torch thread(s) each"
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / f"{name}_runs.csv", [
         {"variability": r.variability, "method": r.method, "seed": r.seed, "fold": r.fold,
@@ -432,7 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     ], command)  # fmt: skip
     write_csv(args.out / f"{name}.csv", summary, command)
     write_csv(args.out / f"{name}_paired.csv", paired, command)
-    (args.out / f"{name}.md").write_text(markdown(command, settings, summary, paired, machine))
+    write_csv(args.out / f"{name}_rlar_activity.csv", activity, command)
+    (args.out / f"{name}.md").write_text(
+        markdown(command, settings, summary, paired, machine, activity)
+    )
     plot(args.out / f"{name}.png", summary, command)
     print((args.out / f"{name}.md").read_text())
     print(f"{len(records)} runs in {time.perf_counter() - started:.0f} s (runs on disk reused)")

@@ -29,9 +29,10 @@ def read_csv(path):
 def test_accuracy_trains_through_the_bundle_and_pairs_rlar_with_sum(benchmarks, tmp_path):
     accuracy = benchmarks[0]
     out = tmp_path / "results"
+    # two runs at once, each in its own process; RLAR starts after its 1-epoch warm-up
     accuracy.main(["--quick", "--methods", "sum", "rlar", "--variability", "strong", "--seeds",
-                   "0", "--epochs", "1", "--images", "30", "--work", str(tmp_path / "work"),
-                   "--out", str(out), "--name", "toy"])  # fmt: skip
+                   "0", "--epochs", "2", "--images", "30", "--work", str(tmp_path / "work"),
+                   "--out", str(out), "--name", "toy", "--jobs", "2"])  # fmt: skip
     runs = read_csv(out / "toy_runs.csv")
     assert {(r["method"], r["fold"]) for r in runs} == {
         (m, f) for m in ("sum", "rlar") for f in ("0", "1")
@@ -41,15 +42,21 @@ def test_accuracy_trains_through_the_bundle_and_pairs_rlar_with_sum(benchmarks, 
     assert {r["method"] for r in summary} == {"sum", "rlar"}
     paired = read_csv(out / "toy_paired.csv")
     assert {r["metric"] for r in paired} == set(accuracy.METRICS)
+    assert {(r["challenger"], r["reference"]) for r in paired} == {("rlar", "sum")}
     assert all(r["pairs"] == "2" for r in paired)
+    # the RLAR runs say whether the penalty was active (cosines at the shared latent)
+    activity = read_csv(out / "toy_rlar_activity.csv")
+    assert [(r["method"], r["runs"]) for r in activity] == [("rlar", "2")]
+    assert -1.0 <= float(activity[0]["rlar_cos_mean"]) <= 1.0
     table = (out / "toy.md").read_text()
     assert "Produced by: `python benchmarks/accuracy.py --quick" in table
+    assert "Was the RLAR penalty active?" in table
     assert (out / "toy.png").read_bytes().startswith(b"\x89PNG")
     # A second invocation reuses every finished run instead of training again.
     scores = tmp_path / "work" / "runs" / "strong" / "sum" / "seed0_fold0" / "scores.json"
     before = scores.stat().st_mtime_ns
     accuracy.main(["--quick", "--methods", "sum", "rlar", "--variability", "strong", "--seeds",
-                   "0", "--epochs", "1", "--images", "30", "--work", str(tmp_path / "work"),
+                   "0", "--epochs", "2", "--images", "30", "--work", str(tmp_path / "work"),
                    "--out", str(out), "--name", "toy"])  # fmt: skip
     assert scores.stat().st_mtime_ns == before
 

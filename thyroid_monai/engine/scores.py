@@ -22,12 +22,10 @@ Conventions where the definitions leave a choice:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from monai.metrics import compute_hausdorff_distance
+from scipy import ndimage
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -194,20 +192,29 @@ def hausdorff_95(
     if has_prediction != has_target:
         return float(np.sqrt((((np.asarray(prediction.shape) - 1) * steps) ** 2).sum()))
 
-    def one_hot(mask: np.ndarray) -> torch.Tensor:
-        foreground = torch.as_tensor(mask, dtype=torch.float32)[None, None]
-        return torch.cat([1.0 - foreground, foreground], dim=1)
+    # MONAI's definition (metrics.compute_hausdorff_distance: edges by erosion with the image
+    # border as background, Euclidean distance transform with the spacing, linear percentile),
+    # computed in numpy on the union's bounding box: MONAI's version runs MetaTensor crops per
+    # call and took a third of a small training run's time in validation.
+    prediction, target = _crop_to_union(prediction.astype(bool), target.astype(bool))
+    prediction_edges = prediction ^ ndimage.binary_erosion(prediction)
+    target_edges = target ^ ndimage.binary_erosion(target)
+    to_target = ndimage.distance_transform_edt(~target_edges, sampling=steps)[prediction_edges]
+    to_prediction = ndimage.distance_transform_edt(~prediction_edges, sampling=steps)[target_edges]
+    return float(
+        max(np.percentile(to_target, percentile), np.percentile(to_prediction, percentile))
+    )
 
-    with warnings.catch_warnings():
-        # MONAI 1.6 passes its own deprecated `always_return_as_numpy` argument internally
-        warnings.filterwarnings(
-            "ignore", message=".*always_return_as_numpy", category=FutureWarning
-        )
-        distance = compute_hausdorff_distance(
-            one_hot(prediction),
-            one_hot(target),
-            include_background=False,
-            percentile=percentile,
-            spacing=[float(s) for s in steps],
-        )
-    return float(distance.item())
+
+def _crop_to_union(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to their union's bounding box plus a background margin of 1 pixel."""
+    union = prediction | target
+    slices = []
+    padding = []
+    for axis in range(union.ndim):
+        present = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        first, last = int(present[0]) - 1, int(present[-1]) + 2
+        slices.append(slice(max(first, 0), min(last, union.shape[axis])))
+        padding.append((max(-first, 0), max(last - union.shape[axis], 0)))
+    index = tuple(slices)
+    return np.pad(prediction[index], padding), np.pad(target[index], padding)

@@ -1,7 +1,10 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import (
     balanced_accuracy_score,
     cohen_kappa_score,
@@ -93,3 +96,43 @@ def test_hausdorff_95_in_pixels_and_millimetres():
     assert scores.hausdorff_95(empty, empty) == 0.0
     # one empty mask: the image diagonal, in the units of the spacing
     assert scores.hausdorff_95(a, empty, spacing=(1.0, 2.0)) == pytest.approx(math.hypot(31, 62))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    spacing=st.tuples(st.floats(0.05, 2.0), st.floats(0.05, 2.0)),
+    percentile=st.sampled_from([50.0, 95.0, 100.0]),
+)
+def test_hausdorff_95_equals_monai(seed, spacing, percentile):
+    """Our numpy HD95 is MONAI's compute_hausdorff_distance, also for masks at the image border."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(8, 40, size=2))
+    masks = []
+    for _ in range(2):
+        # a few random blobs, some touching the border, some with holes
+        mask = np.zeros(shape, bool)
+        for _ in range(int(rng.integers(1, 4))):
+            centre = rng.uniform(0, shape)
+            radii = rng.uniform(1, 12, size=2)
+            rows, cols = np.ogrid[: shape[0], : shape[1]]
+            blob = ((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2 <= 1
+            mask ^= blob if rng.random() < 0.2 else (blob & ~mask)
+        mask[tuple(rng.integers(0, shape))] = True  # never empty
+        masks.append(mask)
+
+    def one_hot(mask):
+        foreground = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+        return torch.cat([1.0 - foreground, foreground], dim=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = compute_hausdorff_distance(
+            one_hot(masks[0]), one_hot(masks[1]), include_background=False,
+            percentile=percentile, spacing=list(spacing),
+        ).item()  # fmt: skip
+    actual = scores.hausdorff_95(masks[0], masks[1], spacing, percentile)
+    assert actual == pytest.approx(expected, rel=1e-5, abs=1e-5)
