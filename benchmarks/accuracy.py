@@ -49,7 +49,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 PAIRS = (
     ("rlar", "sum"), ("rlar", "sum_radiomics"), ("rlar_tau0", "sum_radiomics"),
-    ("camegrad", "sum"), ("camegrad", "cagrad"),
+    ("rlar_pooled", "sum_radiomics"), ("camegrad", "sum"), ("camegrad", "cagrad"),
 )  # fmt: skip
 """Paired comparisons (challenger, reference): RLAR against the weighted sum (the paper's claim)
 and against the same model without the regulariser (RLAR's own share), CAME-Grad against the sum
@@ -69,11 +69,13 @@ METHODS: dict[str, dict[str, Any]] = {
     "cagrad": {"gradient_method_name": "cagrad"},
     "uncertainty": {"gradient_method_name": "uncertainty"},
     "gradnorm": {"gradient_method_name": "gradnorm"},
-    # not in the default list: RLAR with the smallest margin papers.md suggests (tau 0)
+    # RLAR variants, not in the default list: the smallest margin papers.md suggests (tau 0), and
+    # the cosine of spatially averaged gradients (per-channel directions) at the default margin
     "rlar_tau0": {"use_radiomics": True, "use_rlar": True, "rlar_tau": 0.0},
+    "rlar_pooled": {"use_radiomics": True, "use_rlar": True, "rlar_latent": "pooled"},
 }
 """Bundle overrides of each method over ``train.yaml``."""
-DEFAULT_METHODS = tuple(name for name in METHODS if name != "rlar_tau0")
+DEFAULT_METHODS = tuple(name for name in METHODS if name not in ("rlar_tau0", "rlar_pooled"))
 """The methods the issue compares (``--methods`` picks others)."""
 
 
@@ -247,19 +249,22 @@ def run_all(
     """
     needs_radiomics = any(METHODS[m].get("use_radiomics") for m in methods)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    data_dirs = {v: dataset(work, v, settings, needs_radiomics) for v in variabilities}
+    every_run = [
+        (variability, method, seed, fold)
+        for variability in variabilities
+        for seed in settings.seeds
+        for fold in range(settings.folds)
+        for method in methods
+    ]
     pending: list[tuple[str, str, int, int, Path]] = []
     records: list[RunScores] = []
-    for variability in variabilities:
-        data_dir = dataset(work, variability, settings, needs_radiomics)
-        for seed in settings.seeds:
-            for fold in range(settings.folds):
-                for method in methods:
-                    run_dir = work / "runs" / variability / method / f"seed{seed}_fold{fold}"
-                    saved = run_dir / "scores.json"
-                    if saved.is_file():
-                        records.append(RunScores(**json.loads(saved.read_text())))
-                    else:
-                        pending.append((variability, method, seed, fold, data_dir))
+    for variability, method, seed, fold in every_run:
+        saved = work / "runs" / variability / method / f"seed{seed}_fold{fold}" / "scores.json"
+        if saved.is_file():
+            records.append(RunScores(**json.loads(saved.read_text())))
+        else:
+            pending.append((variability, method, seed, fold, data_dirs[variability]))
     total = len(records) + len(pending)
     arguments = [
         (work, settings, variability, method, seed, fold, data_dir, device, threads)
@@ -286,10 +291,8 @@ def run_all(
     finally:
         if jobs > 1:
             pool.shutdown(cancel_futures=True)
-    order = {(v, m, s, f): i for i, (v, m, s, f) in enumerate(
-        (v, m, s, f) for v in variabilities for s in settings.seeds
-        for f in range(settings.folds) for m in methods)}  # fmt: skip
-    return sorted(records, key=lambda r: order.get((r.variability, r.method, r.seed, r.fold), 0))
+    position = {run: index for index, run in enumerate(every_run)}
+    return sorted(records, key=lambda r: position[(r.variability, r.method, r.seed, r.fold)])
 
 
 def torch_threads(threads: int) -> None:
@@ -514,22 +517,17 @@ def plot(path: Path, summary: Sequence[Mapping[str, Any]], command: str) -> None
     plt.close(figure)
 
 
-def describe_machine(device: str) -> str:
-    """CPU model and cores, or the GPU."""
-    import platform
-
+def machine_line(device: str, jobs: int, threads: int) -> str:
+    """The machine in one line: the CPU and cores, or the GPU; how the runs shared it."""
     import torch
 
+    from machine import cpu_model
+
     if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    cpu = platform.processor() or "cpu"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
+        where = torch.cuda.get_device_name(torch.device(device))
+    else:
+        where = f"{cpu_model()}, {os.cpu_count()} logical cores"
+    return f"{where}, torch {torch.__version__}; {jobs} run(s) at once, {threads} thread(s) each"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -566,8 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                       jobs=args.jobs, threads=threads)  # fmt: skip
     summary, paired = summarise(records), paired_comparison(records)
     activity = rlar_activity(records)
-    machine = describe_machine(args.device)
-    machine += f"; {args.jobs} run(s) at once, {threads} torch thread(s) each"
+    machine = machine_line(args.device, args.jobs, threads)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / f"{name}_runs.csv", [
         {"variability": r.variability, "method": r.method, "seed": r.seed, "fold": r.fold,

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from accuracy import METHODS, RESULTS, write_csv
+from accuracy import DEFAULT_METHODS, METHODS, RESULTS, write_csv
 
 READER_METRICS = {
     "dice": "val_mean_dice",
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ddti", type=Path, required=True, help="DDTI folder (xml/, images/)")
     parser.add_argument("--quick", action="store_true", help="the CPU recipe (see QUICK)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        default=list(DEFAULT_METHODS))  # fmt: skip
     parser.add_argument("--folds", type=int, help="override the recipe's folds")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--image-size", type=int, help="override the recipe's input size")

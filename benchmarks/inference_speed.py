@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,8 @@ import torch
 from monai.networks.nets import FlexibleUNet
 
 from thyroid_monai.networks import MultitaskUNet
+
+from machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results" / "inference_speed.json"
 BATCHES = (1, 16)
@@ -60,27 +60,6 @@ def median_seconds(
             if index >= warmup:
                 times.append(time.perf_counter() - started)
     return times
-
-
-def describe_machine(device: torch.device, threads: int) -> dict[str, Any]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "torch_threads": threads,
-        "gpu": gpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_1min": round(os.getloadavg()[0], 2),
-    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -136,7 +115,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": str(device),
             "batches": list(BATCHES),
         },
-        "machine": describe_machine(device, args.threads),
+        "machine": describe_machine(
+            torch_threads=args.threads,
+            gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            torch=torch.__version__,
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

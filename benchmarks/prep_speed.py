@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -27,6 +25,8 @@ from thyroid_monai.data import load_datalist
 from thyroid_monai.io.deid import DeidentificationOptions
 from thyroid_monai.io.nifti import read_nifti_2d, write_nifti_2d
 from thyroid_monai.synthetic import PhantomConfig
+
+from machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results" / "prep_speed.json"
 
@@ -79,8 +79,7 @@ def main() -> None:
         for key in [k for k in results if k.endswith("w_images_per_s")]:
             ratio = results[key] / results["reference_nifti_copy_images_per_s"]  # type: ignore[operator]
             results[key.replace("_images_per_s", "_vs_reference")] = round(ratio, 4)
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "load_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
+    results["machine"] = describe_machine()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))

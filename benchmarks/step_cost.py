@@ -23,7 +23,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,8 @@ from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.synthetic import Phantom, PhantomConfig, RenderSettings
 from thyroid_monai.tirads import get_grouping
 
+from machine import describe_machine
+
 RESULTS = Path(__file__).parent / "results" / "step_cost.json"
 REFERENCE = "sum"
 TASK_WEIGHTS = {keys.SEG: 1.0, keys.CLS: 1.0}
@@ -61,24 +62,6 @@ RLAR_CONFIGS: dict[str, dict[str, Any]] = {
 ``rlar`` keeps the default margin, so its cost depends on the batch: the second-order pass runs
 only on steps where some sample's cosine exceeds tau (``active_step_share`` in the results). The
 others use tau = -1, which makes every step pay for it: the worst case."""
-
-
-def machine(threads: int) -> dict[str, object]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "torch_threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def phantom_batch(batch: int, size: int, num_classes: int) -> dict[str, torch.Tensor]:
@@ -122,14 +105,18 @@ def build_trainer(
     network = copy.deepcopy(model).to(device)
     regulariser = None if rlar_options is None else RLAR(warmup_epochs=0, **rlar_options)
     # Every method gets the bundle's task weights (methods with learned weights need the task
-    # names) and the optimiser steps the method's own parameters too, as in train.yaml.
+    # names) and the optimiser steps the method's own parameters too, fused, as in train.yaml.
     method = build_gradient_method(method_name, task_weights=TASK_WEIGHTS)
     trainer = MultitaskTrainer(
         device=device,
         max_epochs=1,
         train_data_loader=[{}],
         network=network,
-        optimizer=torch.optim.AdamW([*network.parameters(), *method.extra_parameters()], 1e-4),
+        optimizer=torch.optim.AdamW(
+            [*network.parameters(), *method.extra_parameters()],
+            1e-4,
+            fused=device.type in ("cpu", "cuda") or None,  # as train.yaml
+        ),
         loss_function=MultitaskLoss(),
         gradient_method=method,
         regulariser=regulariser,
@@ -298,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rlar_configs": RLAR_CONFIGS,
         },
         "machine": {
-            **machine(args.threads),
+            **describe_machine(torch_threads=args.threads, torch=torch.__version__),
             "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         },
     }

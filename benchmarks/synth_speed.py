@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,25 +33,9 @@ from thyroid_monai.synthetic.descriptors import (  # noqa: E402
 )
 from thyroid_monai.synthetic.render import RenderSettings, _speckle, render_image  # noqa: E402
 
+from machine import describe_machine  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "synth_speed.json"
-
-
-def machine() -> dict[str, object]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "threads": os.environ["OMP_NUM_THREADS"],
-    }
 
 
 def best_rate(run: Callable[[], int], repeats: int) -> float:
@@ -112,7 +95,7 @@ def main() -> None:
         "speckle_floor_images_per_second": round(floor, 1),
         "images_per_second": {k: round(v, 1) for k, v in stages.items()},
         "ratio_to_speckle_floor": {k: round(floor / v, 2) for k, v in stages.items()},
-        "machine": machine(),
+        "machine": describe_machine(numpy=np.__version__, threads=os.environ["OMP_NUM_THREADS"]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from thyroid_monai.mtl import GRADIENT_METHODS
@@ -10,6 +11,7 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "step_cost.py"
 
 
 def load_benchmark():
+    sys.path.insert(0, str(SCRIPT.parent))  # the scripts import benchmarks/machine.py
     spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -20,13 +20,30 @@ def test_mask_loss_equals_monai_dice_ce_on_hard_labels_and_accepts_soft_ones():
     logits = torch.randn(3, 2, 16, 16, generator=generator, requires_grad=True)
     mask = (torch.rand(3, 1, 16, 16, generator=generator) > 0.5).float()
     loss = MultitaskLoss()
-    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, mask)
+    expected = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)(logits, mask)
     torch.testing.assert_close(loss.mask_loss(logits, mask), expected)
+    with_background = DiceCELoss(to_onehot_y=True, softmax=True)(logits, mask)
+    torch.testing.assert_close(
+        MultitaskLoss(dice_background=True).mask_loss(logits, mask), with_background
+    )
     # two readers who disagree on every pixel: the soft target is 0.5 everywhere
     soft = loss.mask_loss(logits, torch.full_like(mask, 0.5))
     soft.backward()
     assert math.isfinite(soft.item())
     assert torch.count_nonzero(logits.grad) > 0
+
+
+def test_predicting_no_nodule_costs_the_whole_dice_term():
+    """With the background averaged in, an empty prediction costs only half the Dice term."""
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 12:18, 12:18] = 1.0  # a small nodule
+    no_nodule = torch.stack([torch.full((2, 32, 32), 8.0), torch.full((2, 32, 32), -8.0)], dim=1)
+    dice_only = {"dice_weight": 1.0, "ce_weight": 0.0}
+    assert MultitaskLoss(**dice_only).mask_loss(no_nodule, mask).item() == pytest.approx(
+        1.0, abs=1e-4
+    )
+    with_background = MultitaskLoss(dice_background=True, **dice_only)
+    assert with_background.mask_loss(no_nodule, mask).item() == pytest.approx(0.5, abs=0.03)
 
 
 def test_level_cross_entropy_hard_soft_smoothing_and_weights():
