@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +67,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         export = export_phantom_dicom(root / "export", args.n, PhantomConfig(seed=0))
-        results: dict[str, object] = {"images": args.n}
+        command = " ".join(["python benchmarks/prep_speed.py", *sys.argv[1:]])
+        results: dict[str, object] = {"command": command, "images": args.n}
         for workers in (1, 2):
             seconds = _convert(export, root / "data", workers)
             results[f"dicom_to_nifti_{workers}w_images_per_s"] = round(args.n / seconds, 2)
