@@ -45,26 +45,16 @@ def _frame_mask(case: PhantomCase) -> np.ndarray:
 
 def write_segmentation(path: Path, source: Path, mask: np.ndarray) -> None:
     """Writes a binary DICOM SEG of ``mask`` for the image in ``source`` (atomically)."""
-    import highdicom as hd
     import pydicom
 
-    from thyroid_monai.inference.outputs import nodule_segment_description
+    from thyroid_monai.inference.outputs import nodule_segmentation
 
-    description = nodule_segment_description()  # the readers' contours: manual
-    image = pydicom.dcmread(source)
-    segmentation = hd.seg.Segmentation(
-        source_images=[image],
-        pixel_array=mask,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
+    segmentation = nodule_segmentation(  # the readers' contours: a manual segmentation
+        pydicom.dcmread(source),
+        mask,
         series_number=100,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="thyroid_monai",
-        manufacturer_model_name="phantom readers",
-        software_versions="0",
-        device_serial_number="0",
+        model_name="phantom readers",
+        software_version="0",
     )
     with atomic_path(path) as temporary:
         segmentation.save_as(temporary)

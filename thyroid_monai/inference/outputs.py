@@ -115,18 +115,49 @@ def build_segmentation(
     algorithm = hd.AlgorithmIdentificationSequence(
         name="thyroid_monai", family=codes.cid7162.ArtificialIntelligence, version=software_version
     )
-    description = nodule_segment_description(algorithm)
+    return nodule_segmentation(
+        source,
+        pixels,
+        algorithm=algorithm,
+        series_number=900,
+        model_name="thyroid_monai multitask",
+        software_version=software_version,
+    )
+
+
+def nodule_segmentation(
+    source: Dataset,
+    pixels: np.ndarray,
+    *,
+    algorithm: Any = None,
+    series_number: int,
+    model_name: str,
+    software_version: str,
+) -> Dataset:
+    """A binary DICOM SEG with the one nodule segment, on the frame of a single-frame ``source``.
+
+    Args:
+        source: The image the mask belongs to.
+        pixels: Boolean mask of the source's frame size.
+        algorithm: A highdicom ``AlgorithmIdentificationSequence`` (automatic segmentation);
+            ``None`` for a manual one (readers' contours).
+        series_number: Series number of the SEG.
+        model_name: Manufacturer's model name recorded in the SEG.
+        software_version: Software version recorded in the SEG.
+    """
+    import highdicom as hd
+
     return hd.seg.Segmentation(
         source_images=[source],
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
+        segment_descriptions=[nodule_segment_description(algorithm)],
         series_instance_uid=hd.UID(),
-        series_number=900,
+        series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="thyroid_monai",
-        manufacturer_model_name="thyroid_monai multitask",
+        manufacturer_model_name=model_name,
         software_versions=software_version,
         device_serial_number="0",
         omit_empty_frames=False,  # an empty mask is a result too
