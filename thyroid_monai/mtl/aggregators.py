@@ -100,9 +100,18 @@ class PCGrad(TorchJDMethod):
 class CAGrad(TorchJDMethod):
     """CAGrad: the best worst-task improvement in a ball around the mean (Liu et al., 2021).
 
+    torchjd zeroes the step when the summed squared task-gradient norms fall under ``norm_eps``,
+    an absolute threshold: gradient norms of 0.005 and 0.003, common late in training, would stop
+    the encoder silently. CAGrad's weights do not depend on the scale of the gradients (torchjd
+    divides the Gramian by its trace before solving), so the rows are handed to torchjd divided
+    by their Frobenius norm and the weights are applied to the rows as they are: ``norm_eps`` is
+    then relative. The step is zero only when every task gradient is zero, or when the
+    conflict-averse combination is shorter than ``norm_eps`` times the Frobenius norm of the
+    task gradients (a Pareto-stationary point, CAGrad's own rule).
+
     Args:
         c: Ball radius relative to the norm of the mean gradient.
-        norm_eps: torchjd's guard against division by zero.
+        norm_eps: Relative threshold under which the step is zero (see above).
         task_weights, parameters: See :class:`TorchJDMethod`.
     """
 
@@ -126,6 +135,20 @@ class CAGrad(TorchJDMethod):
         from torchjd import aggregation
 
         return aggregation.CAGrad(c=self.c, norm_eps=self.norm_eps)
+
+    def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
+        """CAGrad's weights from the scale-free rows, applied to the weighted rows."""
+        matrix = weights[:, None] * grads
+        scale = matrix.norm()
+        if float(scale) == 0.0:
+            return Combination(torch.zeros_like(grads[0]), torch.zeros_like(weights))
+        from torchjd.aggregation import WeightedAggregator
+
+        aggregator = self.aggregator(grads.shape[0])
+        if not isinstance(aggregator, WeightedAggregator):  # torchjd's CAGrad is one
+            raise TypeError(f"expected a weighted torchjd aggregator, got {aggregator!r}")
+        aggregation_weights = aggregator.weighting(matrix / scale).to(grads.dtype)
+        return Combination(aggregation_weights @ matrix, aggregation_weights * weights)
 
     def _describe(self) -> dict[str, Any]:
         return {**super()._describe(), "c": self.c, "norm_eps": self.norm_eps}
