@@ -487,7 +487,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         dataset_dir=data_dir,
         tracking=False,
         quiet=True,
-        overrides=common,
+        overrides={**common, "log_epochs": False},
     )
     metrics = read_metrics_csv(run_dir / "eval" / "metrics.csv")
 

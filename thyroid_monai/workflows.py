@@ -8,6 +8,7 @@ at a run folder so that checkpoints (``models/``) and the MLflow store (``eval/`
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -121,16 +122,25 @@ def run_bundle(
     check_output_folder(run_dir)
     bundle = Path(bundle_dir) if bundle_dir else default_bundle_dir()
     configs = [str(bundle / "configs" / name) for name in config_names]
-    workflow = ConfigWorkflow(
-        config_file=configs,
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False if quiet else str(bundle / "configs" / "logging.conf"),
-        tracking=str(bundle / "configs" / "tracking.yaml") if tracking else None,
-        workflow_type=None,
-        bundle_root=str(Path(run_dir).resolve()),
-        dataset_dir=str(Path(dataset_dir).resolve()),
-        **dict(overrides or {}),
-    )
+    # quiet: MONAI's notices about the defaults chosen here ("no workflow type", "logging file
+    # is set to False") say nothing a user can act on.
+    notices = logging.getLogger("monai.bundle.workflows")
+    level = notices.level
+    if quiet:
+        notices.setLevel(logging.ERROR)
+    try:
+        workflow = ConfigWorkflow(
+            config_file=configs,
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            logging_file=False if quiet else str(bundle / "configs" / "logging.conf"),
+            tracking=str(bundle / "configs" / "tracking.yaml") if tracking else None,
+            workflow_type=None,
+            bundle_root=str(Path(run_dir).resolve()),
+            dataset_dir=str(Path(dataset_dir).resolve()),
+            **dict(overrides or {}),
+        )
+    finally:
+        notices.setLevel(level)
     workflow.initialize()
     workflow.run()
     workflow.finalize()

@@ -1,5 +1,6 @@
 """Training and evaluation engines (subclasses of MONAI's trainer and evaluator) and metrics."""
 
+from thyroid_monai.engine.console import EpochSummary
 from thyroid_monai.engine.evaluator import MultitaskEvaluator
 from thyroid_monai.engine.handlers import (
     AtomicCheckpointSaver,
@@ -17,6 +18,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "BufferAveraging",
     "EpochScalarMeans",
+    "EpochSummary",
     "EvaluationReportSaver",
     "LevelScore",
     "MultitaskEvaluator",
