@@ -91,5 +91,10 @@ LATENT: Final = "latent"
 # Further outputs of the multitask network (not tasks of their own).
 CLS_ORDINAL: Final = "cls_ordinal"
 """Cumulative logits ``logit P(level > k)``, ``(batch, classes - 1)``, of an ordinal level head."""
+CLS_DIRECT: Final = "cls_direct"
+"""Level log-probabilities of the direct level head, ``(batch, classes)`` (``level_from: both``)."""
+CLS_ACR: Final = "cls_acr"
+"""Level log-probabilities of the ACR route (descriptor heads -> points -> level),
+``(batch, classes)`` (``level_from: acr_points`` or ``both``)."""
 ENCODER_MAPS: Final = "encoder_maps"
 """Every encoder feature map, shallow to deep (a tuple; only when the network is asked for it)."""

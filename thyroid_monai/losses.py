@@ -29,6 +29,7 @@ so that every step sees the same set of tasks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -180,6 +181,9 @@ class MultitaskLoss(nn.Module):
         radiomics_loss: ``"mse"`` or ``"smooth_l1"``.
         smooth_l1_beta: Transition point of SmoothL1 (standardised units).
         descriptor_label_smoothing: Label smoothing of the categorical descriptor losses.
+        route_consistency: With both level routes (``level_from: both``): weight of the
+            Jensen-Shannon divergence between them; the level loss is then the mean of the two
+            routes' cross-entropies plus this term.
 
     Raises:
         ValueError: For an unknown option, a smoothing outside ``[0, 1)``, or class weights with
@@ -197,8 +201,12 @@ class MultitaskLoss(nn.Module):
         radiomics_loss: RadiomicsLoss = "mse",
         smooth_l1_beta: float = 1.0,
         descriptor_label_smoothing: float = 0.0,
+        route_consistency: float = 0.1,
     ):
         super().__init__()
+        if route_consistency < 0:
+            raise ValueError(f"route_consistency must be >= 0, got {route_consistency}")
+        self.route_consistency = route_consistency
         for name, value in (
             ("label_smoothing", label_smoothing),
             ("descriptor_label_smoothing", descriptor_label_smoothing),
@@ -226,7 +234,17 @@ class MultitaskLoss(nn.Module):
         )
 
     def mask_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Dice + cross-entropy; ``target`` is the nodule probability ``(B, 1, x, y)``."""
+        """Dice + cross-entropy; ``target`` is the nodule probability ``(B, 1, x, y)``.
+
+        Samples whose mask is unknown (a ``NaN`` placeholder, see
+        :class:`~thyroid_monai.transforms.MissingTargetsd`) are skipped; an attached zero when
+        none is known.
+        """
+        known = ~torch.isnan(target.float().reshape(target.shape[0], -1)).any(dim=1)
+        if not bool(known.all()):
+            if not bool(known.any()):
+                return _zero_like_output(logits)
+            logits, target = logits[known], target[known]
         nodule = target.float()
         probabilities = torch.cat([1.0 - nodule, nodule], dim=1)
         cross_entropy = F.cross_entropy(logits, probabilities)
@@ -245,9 +263,36 @@ class MultitaskLoss(nn.Module):
             )
         logits = outputs[keys.CLS]
         weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+        if keys.CLS_DIRECT in outputs and keys.CLS_ACR in outputs:
+            return self._both_routes(outputs, target, weights)
         return soft_or_hard_cross_entropy(
             logits, target, weight=weights, label_smoothing=self.label_smoothing
         )
+
+    def _both_routes(
+        self,
+        outputs: Mapping[str, torch.Tensor],
+        target: torch.Tensor,
+        weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``level_from: both``: each route's cross-entropy, halved, plus their disagreement.
+
+        The disagreement is the Jensen-Shannon divergence between the two level distributions
+        (symmetric, bounded by log 2), weighted by ``route_consistency``.
+        """
+        direct, acr = outputs[keys.CLS_DIRECT], outputs[keys.CLS_ACR]
+        routes = sum(
+            soft_or_hard_cross_entropy(
+                log_probs, target, weight=weights, label_smoothing=self.label_smoothing
+            )
+            for log_probs in (direct, acr)
+        )
+        mixture = torch.logsumexp(torch.stack([direct, acr]), dim=0) - math.log(2.0)
+        divergence = 0.5 * (
+            F.kl_div(mixture, direct, log_target=True, reduction="batchmean")
+            + F.kl_div(mixture, acr, log_target=True, reduction="batchmean")
+        )
+        return 0.5 * routes + self.route_consistency * divergence
 
     def forward(
         self, outputs: Mapping[str, Any], targets: Mapping[str, torch.Tensor]

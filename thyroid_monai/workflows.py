@@ -141,10 +141,34 @@ def run_bundle(
         )
     finally:
         notices.setLevel(level)
-    workflow.initialize()
-    workflow.run()
+    try:
+        workflow.initialize()
+        workflow.run()
+    except RuntimeError as error:
+        root = root_cause(error)
+        if root is error:
+            raise
+        raise BundleRunError(f"{type(root).__name__}: {root}") from error
     workflow.finalize()
     return workflow
+
+
+class BundleRunError(RuntimeError):
+    """A bundle run failed; the message is the root cause's, not MONAI's wrapper's.
+
+    MONAI reports a failure while it builds a component as "Failed to instantiate component
+    ..." and keeps the reason (a datalist item without targets, a missing file) in the chain of
+    causes; the user needs the reason first.
+    """
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of ``error``'s chain of causes (``error`` itself if none)."""
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    return error
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, float]:

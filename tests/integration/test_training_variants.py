@@ -8,6 +8,7 @@ against readers and truth) and resumed from its checkpoint for a second epoch.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -18,7 +19,13 @@ from data_prep.phantom import write_phantom_dataset
 from thyroid_monai import keys
 from thyroid_monai.io.nifti import read_nifti_2d
 from thyroid_monai.synthetic import PhantomConfig, RenderSettings
-from thyroid_monai.workflows import read_metrics_csv, run_bundle, sqlite_uri, tracking_store
+from thyroid_monai.workflows import (
+    BundleRunError,
+    read_metrics_csv,
+    run_bundle,
+    sqlite_uri,
+    tracking_store,
+)
 
 FEATURES = ["area_mm2", "depth_to_width", "mean_intensity", "intensity_std"]
 
@@ -68,6 +75,7 @@ VARIANTS = {
     "multitask_sum": {},
     "radiomics": {"use_radiomics": True},
     "radiomics_rlar": {"use_radiomics": True, "use_rlar": True, "rlar_warmup_epochs": 0},
+    "acr_route": {"use_descriptors": True, "level_from": "both", "level_guide_epochs": 2},
 }
 EXPECTED = {
     "mask_only": ({"train_loss_seg", "val_mean_dice", "val_mean_dice_truth", "val_hd95_mm"},
@@ -78,6 +86,8 @@ EXPECTED = {
                       {"train_loss_rad", "train_rlar_penalty"}),
     "radiomics": ({"train_loss_rad", "train_weight_rad"}, {"train_rlar_penalty"}),
     "radiomics_rlar": ({"train_loss_rad", "train_rlar_penalty", "train_rlar_cos_mean"}, set()),
+    "acr_route": ({"train_loss_cls", "train_loss_desc_margin", "val_macro_f1",
+                   "val_accuracy_from_descriptors"}, {"train_loss_rad"}),
 }  # fmt: skip
 
 
@@ -134,3 +144,38 @@ def test_evaluation_reports_readers_and_truth_side_by_side_and_training_resumes(
     history = client.get_metric_history(resumed.info.run_id, "train_loss")
     assert [m.step for m in history] == [2]  # only the second epoch was trained
     assert (tmp_path / "models" / "checkpoint_epoch=2.pt").is_file()
+
+
+def mixed_copy(phantom: Path, destination: Path, *, neither: bool = False) -> Path:
+    """A copy of the phantom whose training items lack the mask (every third) or the level."""
+    data = destination / "data"
+    shutil.copytree(phantom, data)
+    payload = json.loads((data / "datalist.json").read_text())
+    for index, item in enumerate(payload["training"]):
+        if index % 3 == 0 or (neither and index == 1):
+            for key in (keys.LABEL, keys.LABEL_READERS):
+                item.pop(key, None)
+        if index % 3 == 1:
+            for key in (keys.TIRADS, keys.TIRADS_READERS):
+                item.pop(key, None)
+    (data / "datalist.json").write_text(json.dumps(payload))
+    return data
+
+
+def test_items_with_only_a_mask_or_only_a_level_train_the_task_they_have(
+    phantom: Path, tmp_path: Path
+) -> None:
+    data = mixed_copy(phantom, tmp_path)
+    run_bundle(["train.yaml"], run_dir=tmp_path / "run", dataset_dir=data, quiet=True,
+               overrides={**COMMON, "max_epochs": 2})  # fmt: skip
+    metrics = only_run(tmp_path / "run").data.metrics
+    for name in ("train_loss_seg", "train_loss_cls", "val_mean_dice", "val_macro_f1"):
+        assert np.isfinite(metrics[name]), name
+
+
+def test_an_item_with_neither_mask_nor_level_is_named(phantom: Path, tmp_path: Path) -> None:
+    data = mixed_copy(phantom, tmp_path, neither=True)
+    case = json.loads((data / "datalist.json").read_text())["training"][1][keys.CASE_ID]
+    with pytest.raises(BundleRunError, match=rf"datalist item {case} has neither a mask nor a lev"):
+        run_bundle(["train.yaml"], run_dir=tmp_path / "run", dataset_dir=data, quiet=True,
+                   tracking=False, overrides=COMMON)  # fmt: skip

@@ -161,3 +161,40 @@ def test_active_task_weights_keep_only_the_trained_tasks_and_name_a_missing_weig
     assert active_task_weights(weights, mask=False, radiomics=True) == {"cls": 2.0, "rad": 0.3}
     with pytest.raises(KeyError, match="desc_composition"):
         active_task_weights(weights, descriptors=True)
+
+
+def test_unknown_masks_are_skipped_and_an_all_unknown_batch_costs_nothing():
+    from thyroid_monai.losses import MultitaskLoss
+
+    loss = MultitaskLoss()
+    logits = torch.randn(3, 2, 16, 16, requires_grad=True)
+    masks = (torch.rand(3, 1, 16, 16) > 0.7).float()
+    unknown = masks.clone()
+    unknown[1] = float("nan")
+    known_only = loss.mask_loss(logits[[0, 2]], masks[[0, 2]])
+    assert torch.allclose(loss.mask_loss(logits, unknown), known_only)
+    nothing = loss.mask_loss(logits, torch.full_like(masks, float("nan")))
+    assert float(nothing) == 0.0
+    nothing.backward()  # attached to the graph, gradient zero
+    assert float(logits.grad.abs().max()) == 0.0
+
+
+def test_both_level_routes_are_trained_and_pulled_together():
+    from thyroid_monai import keys
+    from thyroid_monai.losses import MultitaskLoss
+
+    direct = torch.log_softmax(torch.randn(4, 5), dim=1)
+    acr = torch.log_softmax(torch.randn(4, 5), dim=1)
+    target = torch.tensor([0, 2, 4, -1])
+    outputs = {keys.CLS: direct, keys.CLS_DIRECT: direct, keys.CLS_ACR: acr}
+    plain = MultitaskLoss(route_consistency=0.0).level(outputs, target)
+    each = [torch.nn.functional.nll_loss(r[:3], target[:3]) for r in (direct, acr)]
+    assert torch.allclose(plain, 0.5 * (each[0] + each[1]))
+    pulled = MultitaskLoss(route_consistency=1.0).level(outputs, target)
+    assert float(pulled) > float(plain)  # the routes disagree: a positive divergence
+    agreeing = {keys.CLS: direct, keys.CLS_DIRECT: direct, keys.CLS_ACR: direct}
+    assert torch.allclose(
+        MultitaskLoss(route_consistency=1.0).level(agreeing, target),
+        MultitaskLoss(route_consistency=0.0).level(agreeing, target),
+        atol=1e-6,
+    )

@@ -13,7 +13,9 @@ from monai.utils.enums import CommonKeys as Keys
 from thyroid_monai import keys
 from thyroid_monai.engine.prepare import MultitaskPrepareBatch
 
-NOT_TASKS = (keys.LATENT, keys.ENCODER_MAPS, keys.CLS_ORDINAL, keys.SEG)
+NOT_TASKS = (
+    keys.LATENT, keys.ENCODER_MAPS, keys.CLS_ORDINAL, keys.CLS_DIRECT, keys.CLS_ACR, keys.SEG,
+)  # fmt: skip
 """Network outputs that are not per-sample predictions of a non-mask task."""
 
 DEFAULT_REFERENCES: Mapping[str, str] = {

@@ -83,6 +83,12 @@ class MultitaskTrainer(SupervisedTrainer):
             reported ``loss`` and ``loss_<task>`` stay the unregularised task losses, so runs
             with and without it compare; the penalty is reported as ``rlar_penalty``.
         prepare_batch: Defaults to :class:`MultitaskPrepareBatch`.
+        level_guide_epochs: Truth guidance of the level's nodule pooling: in epoch ``e`` a batch
+            pools where the *true* mask is (``network(image, guide=mask)``) with probability
+            ``max(0, 1 - (e - 1) / level_guide_epochs)``, else where the predicted mask is;
+            0 (default) never. Early predicted masks are poor, so the level head learns to read
+            the nodule before it has to find it. Validation and inference always use the
+            prediction.
         **kwargs: Everything else ``SupervisedTrainer`` accepts (device, max_epochs,
             train_data_loader, optimizer, train_handlers, ...). ``amp`` is not supported because
             gradient methods edit gradients before the step.
@@ -96,6 +102,7 @@ class MultitaskTrainer(SupervisedTrainer):
         gradient_method: GradientMethod | None = None,
         regulariser: RLAR | None = None,
         prepare_batch: Any = None,
+        level_guide_epochs: int = 0,
         **kwargs: Any,
     ):
         unwrapped = getattr(network, "module", network)  # DistributedDataParallel
@@ -107,6 +114,9 @@ class MultitaskTrainer(SupervisedTrainer):
                 "a batch after the latent (BatchNorm decoder); use decoder_norm "
                 "'group', 'instance' or 'none'"
             )
+        if level_guide_epochs < 0:
+            raise ValueError(f"level_guide_epochs must be >= 0, got {level_guide_epochs}")
+        self.level_guide_epochs = int(level_guide_epochs)
         if kwargs.get("amp"):
             raise ValueError("MultitaskTrainer does not support amp: gradient methods edit .grad")
         # The epoch means must be computed before any handler (MLflow, stats) reads the metrics at
@@ -138,6 +148,16 @@ class MultitaskTrainer(SupervisedTrainer):
             return None
         return {task: [p for p in ps if p.requires_grad] for task, ps in declared().items()}
 
+    def level_guide(self, epoch: int, targets: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The true mask for this batch's level pooling, or None (see ``level_guide_epochs``)."""
+        mask = targets.get(keys.SEG)
+        if self.level_guide_epochs <= 0 or mask is None:
+            return None
+        share = max(0.0, 1.0 - (epoch - 1) / self.level_guide_epochs)
+        if share <= 0.0 or float(torch.rand(())) >= share:
+            return None
+        return mask.float()
+
     def optimised_params(self) -> list[torch.Tensor]:
         """Every parameter the optimiser steps (network and gradient-method parameters)."""
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -156,7 +176,11 @@ class MultitaskTrainer(SupervisedTrainer):
         deferred_sync = ExitStack()
         deferred_sync.enter_context(local_gradients(engine.network))
 
-        outputs = engine.inferer(inputs, engine.network)
+        guide = self.level_guide(engine.state.epoch, targets)
+        if guide is None:
+            outputs = engine.inferer(inputs, engine.network)
+        else:
+            outputs = engine.inferer(inputs, engine.network, guide=guide)
         engine.state.output[Keys.PRED] = outputs.get(keys.SEG)
         if keys.CLS in outputs:
             engine.state.output[keys.PRED_CLS] = outputs[keys.CLS]

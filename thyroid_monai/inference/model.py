@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, Resize, ScaleIntensityRange
+from monai.transforms import Compose, ScaleIntensityRange
 
 from thyroid_monai import descriptor_tasks, keys
 from thyroid_monai.tirads import LabelGrouping, Scheme, get_grouping
+from thyroid_monai.transforms.geometry import ResizeToFit, undo_fit
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 TRUST_FLAG = "--trust-model"
@@ -58,12 +59,13 @@ def inference_preprocessing(image_size: Sequence[int]) -> Compose:
     """The bundle's deterministic pre-processing of an x-first ``(1, x, y)`` image.
 
     Mirrors ``load_transforms`` of ``configs/train.yaml``: ``ScaleIntensityRange`` 0-255 to 0-1
-    with clipping, then an ``area`` resize to ``image_size``.
+    with clipping, then an ``area`` resize by one factor to fit ``image_size`` and centred zero
+    padding (the aspect ratio is kept).
     """
     return Compose(
         [
             ScaleIntensityRange(a_min=0, a_max=255, b_min=0.0, b_max=1.0, clip=True),
-            Resize(spatial_size=tuple(image_size), mode="area"),
+            ResizeToFit(spatial_size=tuple(image_size), mode="area"),
         ]
     )
 
@@ -113,6 +115,7 @@ class InferenceModel:
             "kind": self.kind,
             "name": self.name,
             "image_size": list(self.image_size),
+            "level_from": getattr(self.network, "level_from", "direct"),
             "label_grouping": self.grouping.name if self.grouping else None,
             "classes": list(self.grouping.class_names) if self.grouping else None,
         }
@@ -137,9 +140,7 @@ class InferenceModel:
                 if logits.shape[1] == 1
                 else torch.softmax(logits, dim=1)[:, 1:2]
             )
-            resized = torch.nn.functional.interpolate(
-                nodule, size=(columns, rows), mode="bilinear", align_corners=False
-            )
+            resized = undo_fit(nodule, (columns, rows))  # the padding off, back to the input
             probability = resized[0, 0].cpu().numpy().T
         level = None
         if keys.CLS in outputs:

@@ -222,7 +222,9 @@ def build_report(
         warnings.append("the pixel spacing is unknown: no sizes in mm, no size-based advice")
     measurements = measure_nodule(mask, image.spacing_mm)
     descriptors = _descriptors(prediction.descriptor_logits, image, mask, settings)
-    tirads = level_section(prediction.level_probabilities, grouping, descriptors)
+    tirads = level_section(
+        prediction.level_probabilities, grouping, descriptors, str(model.get("level_from"))
+    )
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "case": name,

@@ -12,8 +12,10 @@ Layout of ``report.json`` (``schema_version`` 1; a field that cannot be known is
     nodule           detected, components (before keeping the largest), threshold
     measurements     transverse_px, ap_px, area_px, transverse_mm, ap_mm, max_diameter_mm,
                      area_mm2, taller_than_wide (mm values null when the spacing is unknown)
-    tirads           level (ACR "TR1".."TR5"), source (level_head | descriptor_points |
-                     image_feature_points), class (predicted class name), probability,
+    tirads           level (ACR "TR1".."TR5"), source (level_head | acr_points_route |
+                     level_head_and_acr_points_route | descriptor_points |
+                     image_feature_points), agrees_with_descriptor_points (models with
+                     descriptor heads), class (predicted class name), probability,
                      probabilities {class: p}, levels_of_class
     descriptors      source (descriptor_heads | image_features), composition, echogenicity,
                      shape, margin, foci (each {value, points, basis}), points_total,
@@ -79,19 +81,41 @@ _VALUE_TEXT = {
 }
 
 
+LEVEL_SOURCES = {
+    "direct": "level_head",
+    "acr_points": "acr_points_route",
+    "both": "level_head_and_acr_points_route",
+}
+"""Report ``source`` of the level for each ``level_from`` of the model."""
+
+
 def level_section(
     probabilities: np.ndarray | None,
     grouping: LabelGrouping | None,
     descriptors: DescriptorAssessment | None,
+    level_from: str = "direct",
 ) -> dict[str, Any]:
-    """The TI-RADS level: from the level head when the model has one, else from the points."""
+    """The TI-RADS level: from the model's level output when it has one, else from the points.
+
+    Args:
+        probabilities: The model's level probabilities.
+        grouping: Their label grouping.
+        descriptors: The descriptor assessment (points).
+        level_from: The model's level route (``direct``, ``acr_points``, ``both``): the report's
+            ``source`` says which produced the level. With descriptor heads the section also
+            says whether the level agrees with the level of the descriptor points.
+    """
     if probabilities is not None and grouping is not None:
         index = int(np.argmax(probabilities))
         levels = grouping.levels_of(index)
         acr = [level for level in levels if level in ACR_LEVELS]
+        agrees = None
+        if descriptors is not None and descriptors.source == "descriptor_heads":
+            agrees = descriptors.level in levels
         return {
             "level": max(acr, key=ACR_LEVELS.index) if acr else None,
-            "source": "level_head",
+            "source": LEVEL_SOURCES.get(level_from, "level_head"),
+            "agrees_with_descriptor_points": agrees,
             "class": grouping.class_names[index],
             "probability": round(float(probabilities[index]), 4),
             "probabilities": {

@@ -1,11 +1,21 @@
 """One network for the nodule mask, the TI-RADS level and the structured report, on FlexibleUNet.
 
-The encoder is shared. The segmentation decoder reads every encoder scale (U-Net skips); the
-classification heads read only the deepest encoder map ``z`` (the shared latent):
+The encoder is shared. The segmentation decoder reads every encoder scale (U-Net skips). What
+the classification heads read depends on ``level_pooling``:
 
-    z -> global average pool -> MLP -> embedding e -> level head -> level logits
-                                         e[:, :k] -> linear -> radiomics prediction (optional)
-                                         e -> one linear head per ACR category (optional)
+* ``"nodule"`` (the bundle's default through ``"auto"`` when the mask is trained): every encoder
+  map pooled inside the predicted nodule and in a ring around it, plus the outline's area,
+  elongation and compactness (:class:`~thyroid_monai.networks.pooling.NodulePooling`);
+* ``"global"``: the global average of the deepest encoder map ``z`` (the only choice without a
+  mask head, and the layout of models trained before the option existed).
+
+    pooled -> MLP -> embedding e -> level head -> level logits
+                     e[:, :k] -> linear -> radiomics prediction (optional)
+                     e -> one linear head per ACR category (optional)
+
+The shared latent (``latent``, RLAR's probe point) stays the deepest encoder map ``z`` either way:
+both the mask decoder and the level depend on it (with nodule pooling the level reads ``z``
+weighted by the nodule probability), and each sample's outputs depend only on its own ``z``.
 
 Only the first ``k`` embedding dimensions are tied to the radiomics target, so the rest of ``e``
 stays free for complementary deep features (RLAR, Salama et al. 2026). The network returns a
@@ -25,6 +35,18 @@ Choices the papers leave open, all constructor options:
 * **Level head** (``level_head``): ``"linear"`` (softmax logits) or an ordinal head
   (``"coral"``, ``"cumulative_link"``, see :mod:`thyroid_monai.networks.heads`) whose ``cls``
   output is class log-probabilities, with the cumulative logits under ``cls_ordinal``.
+* **Level route** (``level_from``). ``"direct"``: a level head on the embedding.
+  ``"acr_points"``: the level distribution is computed from the descriptor heads by the ACR chart
+  (:class:`~thyroid_monai.networks.acr_route.AcrPointsLevel`: exact distribution of the point
+  total, categories independent given the image), so the level loss trains the descriptor heads
+  through the chart. ``"both"``: both routes; ``cls`` is their mixture (the mean of the two
+  distributions), ``cls_direct`` and ``cls_acr`` are kept for the loss (each route is trained,
+  plus a consistency term) and for the scores (how often the two agree). The ACR routes need the
+  descriptor heads and an ACR label grouping; the descriptor heads then serve two tasks and are
+  shared parameters.
+* **Nodule pooling weights** (``pool_gradient``). The nodule probability that weights the
+  pooling is detached by default: the level loss does not reshape the mask (the mask learns from
+  its own loss). The truth mask may replace it during training (``guide`` in :meth:`forward`).
 * **Shared parameters.** The encoder always; the embedding MLP too when two or more tasks read it
   (level, radiomics, descriptors), otherwise it belongs to its only reader. So every parameter is
   either shared or belongs to exactly one task, and a task's own parameters receive gradient from
@@ -33,6 +55,7 @@ Choices the papers leave open, all constructor options:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -43,10 +66,14 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
 from thyroid_monai import descriptor_tasks, keys
+from thyroid_monai.networks.acr_route import AcrPointsLevel
 from thyroid_monai.networks.heads import OrdinalHead, ordinal_log_probabilities
+from thyroid_monai.networks.pooling import NodulePooling
 
 DecoderNorm = Literal["instance", "group", "batch", "none"]
 LevelHead = Literal["linear", "coral", "cumulative_link"]
+LevelPooling = Literal["auto", "nodule", "global"]
+LevelFrom = Literal["direct", "acr_points", "both"]
 
 
 def _decoder_norm_layer(norm: str, channels: Sequence[int], groups: int) -> str | tuple | None:
@@ -85,6 +112,14 @@ class MultitaskUNet(nn.Module):
         descriptor_heads: Add the five ACR descriptor heads (structured report).
         expose_encoder_maps: Also return every encoder map under ``encoder_maps`` (for
             regularisers that work on all scales).
+        level_pooling: ``"nodule"``, ``"global"`` or ``"auto"`` (nodule when the mask head
+            exists, else global); see the module docstring.
+        pooling_scales: Encoder maps (indices, shallow to deep) that nodule pooling reads;
+            None: all.
+        pool_gradient: Let the level loss reach the mask through the pooling weights.
+        level_from: ``"direct"``, ``"acr_points"`` or ``"both"`` (see the module docstring).
+        label_grouping: ACR label grouping of the level classes (the ACR routes map levels to
+            its classes).
         weights_path: Optional local state-dict file to initialise from (nothing is downloaded);
             a file holding ``{"model": state_dict}`` (a training checkpoint) works too.
 
@@ -109,6 +144,11 @@ class MultitaskUNet(nn.Module):
         level_head: LevelHead = "linear",
         descriptor_heads: bool = False,
         expose_encoder_maps: bool = False,
+        level_pooling: LevelPooling = "global",
+        pooling_scales: Sequence[int] | None = None,
+        pool_gradient: bool = False,
+        level_from: LevelFrom = "direct",
+        label_grouping: str = "acr5",
         weights_path: str | Path | None = None,
     ):
         super().__init__()
@@ -128,6 +168,33 @@ class MultitaskUNet(nn.Module):
             raise ValueError(
                 f"unknown level_head {level_head!r}; use linear, coral or cumulative_link"
             )
+        if level_pooling not in ("auto", "nodule", "global"):
+            raise ValueError(f"unknown level_pooling {level_pooling!r}; use auto, nodule or global")
+        if level_pooling == "auto":
+            level_pooling = "nodule" if seg_classes > 0 else "global"
+        if level_pooling == "nodule" and seg_classes <= 0:
+            raise ValueError(
+                "level_pooling 'nodule' pools where the mask head finds the nodule, but this "
+                "model has no mask head (seg_classes 0); use 'global' or 'auto'"
+            )
+        if level_from not in ("direct", "acr_points", "both"):
+            raise ValueError(f"unknown level_from {level_from!r}; use direct, acr_points or both")
+        self.acr_level: AcrPointsLevel | None = None
+        if level_from != "direct" and num_classes > 0:
+            if not descriptor_heads:
+                raise ValueError(
+                    f"level_from {level_from!r} reads the ACR descriptor heads: enable "
+                    "descriptor_heads (use_descriptors true)"
+                )
+            self.acr_level = AcrPointsLevel(label_grouping)
+            if self.acr_level.num_classes != num_classes:
+                raise ValueError(
+                    f"label grouping {label_grouping!r} has {self.acr_level.num_classes} classes, "
+                    f"the level head {num_classes}"
+                )
+        self.level_from = level_from
+        self.level_pooling = level_pooling
+        self.pool_gradient = pool_gradient
         self.num_classes = num_classes
         self.seg_classes = seg_classes
         self.radiomics_dim = radiomics_dim
@@ -150,22 +217,30 @@ class MultitaskUNet(nn.Module):
             # A level-only model keeps only the encoder: no unused parameters (DDP, optimisers).
             del self.unet.decoder
             del self.unet.segmentation_head
-        deepest = FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-1]
+        encoder_channels = FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"]
+        self.nodule_pooling: NodulePooling | None = None
+        pooled_features = encoder_channels[-1]
+        if level_pooling == "nodule":
+            self.nodule_pooling = NodulePooling(encoder_channels, pooling_scales)
+            pooled_features = self.nodule_pooling.out_features
 
         self.embedding: nn.Module | None = None
         self.classifier: nn.Module | None = None
         self.radiomics_head: nn.Module | None = None
         self.descriptor_heads = nn.ModuleDict()
         if num_classes > 0 or radiomics_dim > 0 or descriptor_heads:
+            # Nodule pooling hands over a vector already; the layer indices stay those of
+            # global pooling so that checkpoints of either kind keep their parameter names.
+            pool = nn.AdaptiveAvgPool2d(1) if self.nodule_pooling is None else nn.Identity()
             self.embedding = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1),
+                pool,
                 nn.Flatten(),
-                nn.Linear(deepest, embedding_dim),
+                nn.Linear(pooled_features, embedding_dim),
                 nn.ReLU(inplace=True),
                 nn.Dropout(dropout),
                 nn.Linear(embedding_dim, embedding_dim),
             )
-        if num_classes > 0:
+        if num_classes > 0 and level_from != "acr_points":
             head: nn.Module = (
                 nn.Linear(embedding_dim, num_classes)
                 if level_head == "linear"
@@ -189,7 +264,7 @@ class MultitaskUNet(nn.Module):
         tasks = []
         if self.seg_classes > 0:
             tasks.append(keys.SEG)
-        if self.classifier is not None:
+        if self.classifier is not None or self.acr_level is not None:
             tasks.append(keys.CLS)
         if self.radiomics_head is not None:
             tasks.append(keys.RAD)
@@ -213,6 +288,9 @@ class MultitaskUNet(nn.Module):
         shared = list(self.unet.encoder.parameters())
         if self.embedding is not None and len(self._embedding_readers()) > 1:
             shared.extend(self.embedding.parameters())
+        if self.acr_level is not None:  # the level reads the descriptor heads too
+            for head in self.descriptor_heads.values():
+                shared.extend(head.parameters())
         return shared
 
     def task_parameters(self) -> dict[str, list[nn.Parameter]]:
@@ -223,12 +301,12 @@ class MultitaskUNet(nn.Module):
                 *self.unet.decoder.parameters(),
                 *self.unet.segmentation_head.parameters(),
             ]
-        if self.classifier is not None:
-            params[keys.CLS] = list(self.classifier.parameters())
+        if self.classifier is not None or self.acr_level is not None:
+            params[keys.CLS] = [] if self.classifier is None else list(self.classifier.parameters())
         if self.radiomics_head is not None:
             params[keys.RAD] = list(self.radiomics_head.parameters())
         for task, head in self.descriptor_heads.items():
-            params[task] = list(head.parameters())
+            params[task] = [] if self.acr_level is not None else list(head.parameters())
         readers = self._embedding_readers()
         if self.embedding is not None and len(readers) == 1:
             params[readers[0]] = [*self.embedding.parameters(), *params[readers[0]]]
@@ -238,7 +316,14 @@ class MultitaskUNet(nn.Module):
         """Encoder feature maps, shallow to deep (five for ResNets: the stem and four stages)."""
         return list(self.unet.encoder(image))
 
-    def heads(self, features: Sequence[torch.Tensor]) -> dict[str, Any]:
+    def nodule_probability(self, seg_logits: torch.Tensor) -> torch.Tensor:
+        """The nodule channel's probability ``(batch, 1, x, y)``, detached unless pool_gradient."""
+        probability = torch.softmax(seg_logits, dim=1)[:, 1:2]
+        return probability if self.pool_gradient else probability.detach()
+
+    def heads(
+        self, features: Sequence[torch.Tensor], guide: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """Every enabled head on given encoder features (see :meth:`forward` for the outputs)."""
         latent = features[-1]
         outputs: dict[str, Any] = {keys.LATENT: latent}
@@ -249,7 +334,15 @@ class MultitaskUNet(nn.Module):
             outputs[keys.SEG] = self.unet.segmentation_head(decoded)
         if self.embedding is None:
             return outputs
-        embedding = self.embedding(latent)
+        pooled = latent
+        if self.nodule_pooling is not None:
+            weights = self.nodule_probability(outputs[keys.SEG])
+            if guide is not None:
+                # an unknown truth mask (NaN placeholder) leaves that sample on the prediction
+                guide = guide.to(latent.dtype).reshape(weights.shape)
+                weights = torch.where(torch.isnan(guide), weights, guide)
+            pooled = self.nodule_pooling(features, weights)
+        embedding = self.embedding(pooled)
         if self.classifier is not None:
             level = self.classifier(embedding)
             if self.level_head == "linear":
@@ -261,13 +354,29 @@ class MultitaskUNet(nn.Module):
             outputs[keys.RAD] = self.radiomics_head(embedding[:, : self.radiomics_slice])
         for task, head in self.descriptor_heads.items():
             outputs[task] = head(embedding)
+        if self.acr_level is not None:
+            self._acr_route(outputs)
         return outputs
 
-    def forward(self, image: torch.Tensor) -> dict[str, Any]:
+    def _acr_route(self, outputs: dict[str, Any]) -> None:
+        """Adds the ACR route's level (and, with ``both``, the mixture of the two routes)."""
+        assert self.acr_level is not None
+        acr = self.acr_level({task: outputs[task] for task in self.descriptor_heads})
+        if self.level_from == "acr_points":
+            outputs[keys.CLS] = acr
+            return
+        direct = torch.log_softmax(outputs[keys.CLS], dim=1)
+        outputs[keys.CLS_DIRECT], outputs[keys.CLS_ACR] = direct, acr
+        outputs[keys.CLS] = torch.logsumexp(torch.stack([direct, acr]), dim=0) - math.log(2.0)
+
+    def forward(self, image: torch.Tensor, guide: torch.Tensor | None = None) -> dict[str, Any]:
         """Runs the shared encoder and every enabled head.
 
         Args:
             image: ``(batch, channels, x, y)``.
+            guide: Optional nodule mask ``(batch, 1, x, y)`` that nodule pooling uses instead
+                of the predicted probability (truth guidance in early training epochs; never at
+                validation or inference). Ignored by global pooling.
 
         Returns:
             ``latent`` (deepest encoder map) and the enabled outputs among ``seg`` (logits per
@@ -276,4 +385,4 @@ class MultitaskUNet(nn.Module):
             ``desc_<category>`` (descriptor logits; one logit per focus type for ``desc_foci``);
             ``encoder_maps`` if asked for.
         """
-        return self.heads(self.encode(image))
+        return self.heads(self.encode(image), guide)

@@ -1,5 +1,12 @@
 """MONAI transforms for thyroid ultrasound: array transforms with ``...d`` dictionary wrappers."""
 
+from thyroid_monai.transforms.geometry import (
+    FitGeometry,
+    ResizeToFit,
+    ResizeToFitd,
+    fit_geometry,
+    undo_fit,
+)
 from thyroid_monai.transforms.labels import TiradsToIndex, TiradsToIndexd
 from thyroid_monai.transforms.readers import (
     RandReaderd,
@@ -9,20 +16,29 @@ from thyroid_monai.transforms.readers import (
 )
 from thyroid_monai.transforms.targets import (
     DescriptorsToIndicesd,
+    MissingTargetsd,
     PixelSpacingd,
     RadiomicsTargetd,
+    known_masks,
     radiomics_feature_names,
 )
 
 __all__ = [
     "DescriptorsToIndicesd",
+    "FitGeometry",
+    "MissingTargetsd",
     "PixelSpacingd",
     "RadiomicsTargetd",
     "RandReaderd",
     "ReaderMode",
+    "ResizeToFit",
+    "ResizeToFitd",
     "SoftReaderLabelsd",
     "TiradsToIndex",
     "TiradsToIndexd",
+    "fit_geometry",
+    "known_masks",
     "radiomics_feature_names",
     "reader_transform",
+    "undo_fit",
 ]

@@ -192,3 +192,61 @@ class PixelSpacingd(MapTransform):
                 )
             sample[key] = torch.as_tensor(pixdim[:2], dtype=torch.float32).clone()
         return sample
+
+
+class MissingTargetsd(MapTransform):
+    """Gives items without a mask or a level placeholders the losses and scores skip.
+
+    Datalists mix items: a converted DDTI image whose contour is missing still has its level, a
+    segmentation data set has masks and no levels. So that such items train the task they have
+    and collate with the others, an absent mask becomes a ``NaN`` mask the size of the image
+    (the mask loss and the scores skip it) and an absent level becomes class ``-1`` (the level
+    loss and scores skip it). Run it after the level names are mapped to indices.
+
+    Args:
+        mask: The mask is trained: fill absent masks.
+        level: The level is trained: fill absent levels.
+        image_key, mask_key, level_key: Sample keys.
+
+    Raises:
+        ValueError: For an item with none of the trained targets, naming the item.
+    """
+
+    def __init__(
+        self,
+        mask: bool = True,
+        level: bool = True,
+        image_key: str = keys.IMAGE,
+        mask_key: str = keys.LABEL,
+        level_key: str = keys.TIRADS,
+    ):
+        super().__init__([mask_key, level_key], allow_missing_keys=True)
+        self.mask, self.level = mask, level
+        self.image_key, self.mask_key, self.level_key = image_key, mask_key, level_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """A copy of ``data`` with placeholders for the trained targets it lacks."""
+        sample = dict(data)
+        has_mask = sample.get(self.mask_key) is not None
+        has_level = sample.get(self.level_key) is not None
+        trained = [name for name, on in (("a mask", self.mask), ("a level", self.level)) if on]
+        if trained and not ((self.mask and has_mask) or (self.level and has_level)):
+            raise ValueError(
+                f"datalist item {_case(sample)} has neither {' nor '.join(trained)}: nothing to "
+                f"train on it; give it '{self.mask_key}' or '{self.level_key}', or remove it"
+            )
+        if self.mask and not has_mask:
+            image = sample[self.image_key]
+            sample[self.mask_key] = torch.full(
+                (1, *image.shape[-2:]), float("nan"), dtype=torch.float32
+            )
+        if self.level and not has_level:
+            sample[self.level_key] = torch.tensor(descriptor_tasks.MISSING_INDEX)
+        return sample
+
+
+def known_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Which samples of a ``(batch, ...)`` mask batch are known (placeholders hold ``NaN``)."""
+    if not masks.is_floating_point():
+        return torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
+    return ~torch.isnan(masks.reshape(masks.shape[0], -1)).any(dim=1)

@@ -78,3 +78,26 @@ def test_pixel_spacing_follows_the_resize_and_stays_unknown_when_unknown(tmp_pat
     torch.testing.assert_close(known[keys.SPACING], torch.tensor([0.2, 0.4]))
     unknown = pipeline({keys.IMAGE: str(tmp_path / "unknown.nii.gz"), keys.SPACING: None})
     assert torch.isnan(unknown[keys.SPACING]).all()
+
+
+def test_missing_targets_get_placeholders_and_an_item_with_none_is_named():
+    import pytest
+    import torch
+
+    from thyroid_monai.transforms import MissingTargetsd, known_masks
+
+    fill = MissingTargetsd(mask=True, level=True)
+    image = torch.rand(1, 8, 6)
+    level_only = fill({"image": image, "tirads": torch.tensor(2), "case_id": "a"})
+    assert level_only["label"].shape == (1, 8, 6)
+    assert torch.isnan(level_only["label"]).all()
+    mask_only = fill({"image": image, "label": torch.ones(1, 8, 6), "case_id": "b"})
+    assert int(mask_only["tirads"]) == -1
+    batch = torch.stack([level_only["label"], mask_only["label"]])
+    assert known_masks(batch).tolist() == [False, True]
+    with pytest.raises(ValueError, match="datalist item c has neither a mask nor a level"):
+        fill({"image": image, "case_id": "c"})
+    # a mask-only model does not need levels and never invents a mask
+    assert "tirads" not in MissingTargetsd(mask=True, level=False)(
+        {"image": image, "label": torch.ones(1, 8, 6), "case_id": "d"}
+    )
