@@ -55,6 +55,7 @@ Choices the papers leave open, all constructor options:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,12 +69,28 @@ from torch import nn
 from thyroid_monai import descriptor_tasks, keys
 from thyroid_monai.networks.acr_route import AcrPointsLevel
 from thyroid_monai.networks.heads import OrdinalHead, ordinal_log_probabilities
-from thyroid_monai.networks.pooling import NodulePooling
+from thyroid_monai.networks.pooling import SHAPE_FEATURES, NodulePooling
 
 DecoderNorm = Literal["instance", "group", "batch", "none"]
 LevelHead = Literal["linear", "coral", "cumulative_link"]
 LevelPooling = Literal["auto", "nodule", "global"]
 LevelFrom = Literal["direct", "acr_points", "both"]
+
+
+class HeadInput(nn.Module):
+    """ReLU on the embedding, the outline numbers (the last ``outline`` inputs) as they are.
+
+    The outline's elongation is signed (taller or wider than wide), so no ReLU on it.
+    """
+
+    def __init__(self, outline: int):
+        super().__init__()
+        self.outline = outline
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``[relu(embedding), outline]``."""
+        split = inputs.shape[1] - self.outline
+        return torch.cat([torch.relu(inputs[:, :split]), inputs[:, split:]], dim=1)
 
 
 def _decoder_norm_layer(norm: str, channels: Sequence[int], groups: int) -> str | tuple | None:
@@ -219,10 +236,14 @@ class MultitaskUNet(nn.Module):
             del self.unet.segmentation_head
         encoder_channels = FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"]
         self.nodule_pooling: NodulePooling | None = None
-        pooled_features = encoder_channels[-1]
+        pooled_features, outline = encoder_channels[-1], 0
         if level_pooling == "nodule":
             self.nodule_pooling = NodulePooling(encoder_channels, pooling_scales)
-            pooled_features = self.nodule_pooling.out_features
+            pooled_features, outline = self.nodule_pooling.out_features, SHAPE_FEATURES
+        # Heads read ReLU(e), plus the outline numbers with nodule pooling (index 1 stays the
+        # linear layer, as in checkpoints written before).
+        activation: nn.Module = nn.ReLU() if outline == 0 else HeadInput(outline)
+        head_inputs = embedding_dim + outline
 
         self.embedding: nn.Module | None = None
         self.classifier: nn.Module | None = None
@@ -242,17 +263,18 @@ class MultitaskUNet(nn.Module):
             )
         if num_classes > 0 and level_from != "acr_points":
             head: nn.Module = (
-                nn.Linear(embedding_dim, num_classes)
+                nn.Linear(head_inputs, num_classes)
                 if level_head == "linear"
-                else OrdinalHead(embedding_dim, num_classes, level_head)
+                else OrdinalHead(head_inputs, num_classes, level_head)
             )
-            self.classifier = nn.Sequential(nn.ReLU(), head)
+            self.classifier = nn.Sequential(copy.deepcopy(activation), head)
         if radiomics_dim > 0:
             self.radiomics_head = nn.Linear(radiomics_slice, radiomics_dim)
         if descriptor_heads:
             for category in descriptor_tasks.CATEGORIES:
                 self.descriptor_heads[descriptor_tasks.task_name(category)] = nn.Sequential(
-                    nn.ReLU(), nn.Linear(embedding_dim, descriptor_tasks.num_outputs(category))
+                    copy.deepcopy(activation),
+                    nn.Linear(head_inputs, descriptor_tasks.num_outputs(category)),
                 )
         if weights_path is not None:
             state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
@@ -335,6 +357,7 @@ class MultitaskUNet(nn.Module):
         if self.embedding is None:
             return outputs
         pooled = latent
+        outline: torch.Tensor | None = None
         if self.nodule_pooling is not None:
             weights = self.nodule_probability(outputs[keys.SEG])
             if guide is not None:
@@ -342,9 +365,11 @@ class MultitaskUNet(nn.Module):
                 guide = guide.to(latent.dtype).reshape(weights.shape)
                 weights = torch.where(torch.isnan(guide), weights, guide)
             pooled = self.nodule_pooling(features, weights)
+            outline = pooled[:, -SHAPE_FEATURES:]
         embedding = self.embedding(pooled)
+        head_input = embedding if outline is None else torch.cat([embedding, outline], dim=1)
         if self.classifier is not None:
-            level = self.classifier(embedding)
+            level = self.classifier(head_input)
             if self.level_head == "linear":
                 outputs[keys.CLS] = level
             else:
@@ -353,7 +378,7 @@ class MultitaskUNet(nn.Module):
         if self.radiomics_head is not None:
             outputs[keys.RAD] = self.radiomics_head(embedding[:, : self.radiomics_slice])
         for task, head in self.descriptor_heads.items():
-            outputs[task] = head(embedding)
+            outputs[task] = head(head_input)
         if self.acr_level is not None:
             self._acr_route(outputs)
         return outputs

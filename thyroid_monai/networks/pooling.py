@@ -3,9 +3,14 @@
 A level head on the global average of the deepest encoder map sees the nodule as a few cells
 diluted by thyroid, muscle, vessels and the frame; the ACR descriptors live at the nodule and its
 border: composition and echogenicity inside, echogenicity *relative to the thyroid* and the
-margin at the border, shape in the outline. :class:`NodulePooling` therefore pools each chosen
-encoder map twice, weighted by the nodule probability and by a ring around it, and adds three
-numbers that describe the outline: its area, how much taller than wide it is and how compact it is.
+margin at the border, shape in the outline, echogenic foci in a few bright pixels. So
+:class:`NodulePooling` pools each chosen encoder map three ways: the mean inside the nodule
+(weighted by the nodule probability), the mean in a ring around it, and the peak inside the
+nodule (the largest probability-weighted value: a focus of a few pixels vanishes in a mean); and
+it adds three numbers that describe the outline: its area, how much taller than wide it is and
+how compact it is. The outline numbers are also handed to the heads directly (see
+:class:`~thyroid_monai.networks.MultitaskUNet`), so that three inputs among thousands are not
+lost in the embedding.
 
 Choices the papers leave open (constructor options):
 
@@ -18,6 +23,11 @@ Choices the papers leave open (constructor options):
   besides the nodule's. For a nodule of at least one cell this changes the mean by well under
   1%; when the predicted mask is empty the pooling becomes the plain global average (the
   documented fallback), smoothly, without a branch on the data. The outline numbers are 0 then.
+* **Outline scale** (``outline_scale``, 8). The outline numbers are multiplied by it. Adam moves
+  a weight by about the learning rate per step, so a head needs inputs of a few units to turn
+  three numbers into a decision within a few hundred steps: measured with scale 1 (600 phantom
+  images, 12 epochs), the shape head stayed at the majority class although the true masks'
+  elongation separates the two shapes perfectly.
 * **Axes.** Images follow MONAI's 2D convention ``(batch, channel, x, y)``: x lateral, y depth.
   "Taller than wide" is the depth extent over the lateral one, so the pixels must be square
   (resize the longest side and pad, as the bundle does, never stretch).
@@ -99,6 +109,7 @@ class NodulePooling(nn.Module):
         ring_fraction: Ring width as a share of the image's longer side.
         ring_min_pixels: Smallest ring width in input pixels.
         empty_weight: Uniform mass that makes an empty mask pool the whole map (see above).
+        outline_scale: Factor on the outline numbers (see above).
 
     Raises:
         ValueError: For a scale index outside the maps or a negative width or weight.
@@ -111,6 +122,7 @@ class NodulePooling(nn.Module):
         ring_fraction: float = 0.0625,
         ring_min_pixels: int = 2,
         empty_weight: float = 0.01,
+        outline_scale: float = 8.0,
     ):
         super().__init__()
         chosen = tuple(range(len(channels))) if scales is None else tuple(scales)
@@ -126,7 +138,8 @@ class NodulePooling(nn.Module):
         self.ring_fraction = float(ring_fraction)
         self.ring_min_pixels = int(ring_min_pixels)
         self.empty_weight = float(empty_weight)
-        self.out_features = 2 * sum(channels[s] for s in chosen) + SHAPE_FEATURES
+        self.outline_scale = float(outline_scale)
+        self.out_features = 3 * sum(channels[s] for s in chosen) + SHAPE_FEATURES
 
     def ring(self, probability: torch.Tensor) -> torch.Tensor:
         """The band of tissue around the nodule: dilated probability minus the probability."""
@@ -139,19 +152,23 @@ class NodulePooling(nn.Module):
     def forward(self, features: Sequence[torch.Tensor], probability: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(batch, out_features)``.
 
+        In order: the means inside the nodule, the means in the ring, the peaks inside (each over
+        the chosen maps, shallow to deep), then the outline (the last three).
+
         Args:
             features: Encoder maps, shallow to deep, each ``(batch, channels, x, y)``.
             probability: Nodule probability ``(batch, 1, X, Y)`` at the input resolution.
         """
         ring = self.ring(probability)
-        inside, around = [], []
+        inside, around, peaks = [], [], []
         for index in self.scales:
             feature = features[index]
             size = (int(feature.shape[-2]), int(feature.shape[-1]))
-            inside.append(
-                weighted_mean(feature, F.adaptive_avg_pool2d(probability, size), self.empty_weight)
-            )
+            weights = F.adaptive_avg_pool2d(probability, size)
+            inside.append(weighted_mean(feature, weights, self.empty_weight))
             around.append(
                 weighted_mean(feature, F.adaptive_avg_pool2d(ring, size), self.empty_weight)
             )
-        return torch.cat([*inside, *around, outline_features(probability)], dim=1)
+            peaks.append((feature * weights).amax(dim=(-2, -1)))
+        outline = self.outline_scale * outline_features(probability)
+        return torch.cat([*inside, *around, *peaks, outline], dim=1)
