@@ -237,6 +237,7 @@ def run_overrides(method: str, settings: Settings, seed: int, fold: int, device:
         "batch_size": settings.batch_size,
         "rlar_warmup_epochs": settings.rlar_warmup_epochs,
         "log_iterations": False,
+        "log_epochs": False,
         "device": f"$torch.device('{device}')",
         **METHODS[method],
     }

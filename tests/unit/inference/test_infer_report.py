@@ -120,6 +120,35 @@ def test_level_from_descriptor_points_without_a_level_head() -> None:
     assert "descriptor points give ACR TI-RADS TR4" in report["findings"]
 
 
+def test_report_names_the_level_route_and_whether_the_descriptor_points_agree() -> None:
+    image, mask = image_with_nodule((0.3, 0.3))
+    heads = {
+        "desc_composition": np.array([0, 0, 0, 9.0, 0]),  # solid
+        "desc_echogenicity": np.array([0, 0, 9.0, 0, 0]),  # hypo
+        "desc_shape": np.array([9.0, 0]),  # wider than tall
+        "desc_margin": np.array([9.0, 0, 0, 0, 0]),  # smooth
+        "desc_foci": np.array([-9.0, -9.0, -9.0, -9.0]),
+    }  # 4 points: TR4
+    tr4 = np.array([0.05, 0.05, 0.1, 0.7, 0.1])
+    for level_from, source in (("both", "level_head_and_acr_points_route"),
+                               ("acr_points", "acr_points_route")):  # fmt: skip
+        report, _ = build_report(
+            image, mask, Prediction(mask.astype(float), tr4, heads),
+            {**MODEL, "level_from": level_from}, GROUPING, name="case", relative_input=None,
+            deidentified=False, settings=InferenceSettings(),
+        )  # fmt: skip
+        assert report["tirads"]["source"] == source
+        assert report["tirads"]["level"] == "TR4"
+        assert report["tirads"]["agrees_with_descriptor_points"] is True
+    tr2 = np.array([0.05, 0.7, 0.1, 0.05, 0.1])
+    report, _ = build_report(
+        image, mask, Prediction(mask.astype(float), tr2, heads), {**MODEL, "level_from": "both"},
+        GROUPING, name="case", relative_input=None, deidentified=False,
+        settings=InferenceSettings(),
+    )  # fmt: skip
+    assert report["tirads"]["agrees_with_descriptor_points"] is False
+
+
 def test_deidentification_is_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     from thyroid_monai.inference import deidentification_options
 
