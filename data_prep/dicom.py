@@ -330,6 +330,7 @@ def discover_dicom(
     segmentations: dict[str, Path] = {}
     rejections = []
     seen: dict[str, str] = {}
+    seg_files: dict[Path, list[str]] = {}
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if not path.is_file() or any(part.startswith(".") for part in relative.parts):
@@ -342,10 +343,21 @@ def discover_dicom(
         if isinstance(found, Rejection):
             rejections.append(found)
         elif found[0] == SEGMENTATION_STORAGE:
+            seg_files[path] = found[1]
             for uid in found[1]:
                 segmentations[uid] = path
         else:
             images.append((path, found[1][0]))
+    known = {uid for _, uid in images}
+    for path, referenced in seg_files.items():
+        if not set(referenced) & known:
+            rejections.append(
+                Rejection(
+                    path.relative_to(root).as_posix(),
+                    "a DICOM SEG referencing no ultrasound image here",
+                    SKIPPED,
+                )
+            )
     cases = []
     for path, uid in images:
         key = path.relative_to(root).as_posix()

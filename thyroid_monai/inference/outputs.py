@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, DT, TM
 from scipy import ndimage
 
 from thyroid_monai.io.deid import DeidentificationOptions, deidentify
@@ -31,6 +33,7 @@ from thyroid_monai.io.dicom import (
     US_IMAGE_STORAGE_RETIRED,
     US_MULTIFRAME_IMAGE_STORAGE,
     US_MULTIFRAME_IMAGE_STORAGE_RETIRED,
+    is_valid_uid,
 )
 from thyroid_monai.io.files import atomic_path
 from thyroid_monai.io.nifti import write_nifti_2d
@@ -79,11 +82,15 @@ def segmentation_unsupported(source: Dataset) -> str | None:
     """Why no DICOM SEG can be written for ``source`` (``None`` when one can).
 
     highdicom writes a SEG of an image without plane positions (ultrasound) only for a single
-    frame: a cine's mask cannot say which frame it belongs to.
+    frame: a cine's mask cannot say which frame it belongs to. A SEG references its source's
+    study, series and instance, so those UIDs must be valid.
     """
     frames = int(source.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         return f"no DICOM SEG: the source is a {frames}-frame cine (single-frame sources only)"
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if not is_valid_uid(source.get(keyword)):
+            return f"no DICOM SEG: the source has no valid {keyword} for the SEG to reference"
     return None
 
 
@@ -182,31 +189,56 @@ SEG_TYPE2_ATTRIBUTES = (
 """Type 2 attributes highdicom copies from the source (present, possibly empty, in a valid file;
 often absent in exports anonymised elsewhere)."""
 
-RETIRED_TO_CURRENT = {
-    US_IMAGE_STORAGE_RETIRED: US_IMAGE_STORAGE,
-    US_MULTIFRAME_IMAGE_STORAGE_RETIRED: US_MULTIFRAME_IMAGE_STORAGE,
-}
-"""Retired ultrasound SOP classes and the current class with the same image modules."""
+RETIRED_TO_CURRENT = {US_IMAGE_STORAGE_RETIRED: US_IMAGE_STORAGE}
+"""The retired single-frame ultrasound class and the current class with the same modules."""
 
 
 def _seg_source(source: Dataset) -> tuple[Dataset, str | None]:
-    """A shallow copy of ``source`` that highdicom accepts, and the retired class it replaced.
+    """A shallow copy of ``source`` that highdicom accepts, and the class it replaced (if any).
 
     highdicom looks the source's SOP class up in its IOD table (which lacks the retired
-    ultrasound classes) and reads the type 2 patient and study attributes as Python attributes
-    (an absent one raises). The copy therefore carries the current class with the same modules and
-    an empty value for each absent type 2 attribute; the SEG's references get the retired class
-    back afterwards (:func:`_restore_sop_class`).
+    ultrasound classes), reads the type 2 patient and study attributes as Python attributes (an
+    absent one raises) and parses dates and times (a damaged one raises), and takes a multi-frame
+    class for an enhanced image with functional groups. The copy therefore carries the current
+    single-frame class (only single frames get a SEG), the class from the file meta when the
+    dataset has none, and an empty value for each absent or damaged type 2 attribute; the SEG's
+    references get the source's own class back afterwards (:func:`_restore_sop_class`).
     """
     prepared = copy.copy(source)
     for keyword in SEG_TYPE2_ATTRIBUTES:
-        if keyword not in prepared:
+        if keyword not in prepared or not _usable(prepared, keyword):
             setattr(prepared, keyword, "")
-    sop_class = str(prepared.get("SOPClassUID", ""))
+    sop_class = str(prepared.get("SOPClassUID", "") or "")
+    if not sop_class:  # the reader took the class from the file meta; so does the SEG
+        sop_class = str(source.file_meta.get("MediaStorageSOPClassUID", ""))
+        prepared.SOPClassUID = sop_class
+    if sop_class in (US_MULTIFRAME_IMAGE_STORAGE, US_MULTIFRAME_IMAGE_STORAGE_RETIRED):
+        # Only single frames get a SEG: highdicom takes a multi-frame class for an enhanced
+        # image with functional groups, so it is shown the single-frame class instead.
+        prepared.SOPClassUID = US_IMAGE_STORAGE
+        return prepared, sop_class
     if sop_class in RETIRED_TO_CURRENT:
         prepared.SOPClassUID = RETIRED_TO_CURRENT[sop_class]
         return prepared, sop_class
     return prepared, None
+
+
+_VALUE_CLASSES = {"DA": DA, "TM": TM, "DT": DT}
+
+
+def _usable(dataset: Dataset, keyword: str) -> bool:
+    """Whether an attribute has its dictionary VR and a value highdicom can parse."""
+    try:
+        element = dataset[keyword]
+        if dictionary_VR(element.tag) != element.VR:
+            return False
+        value = element.value
+        parse = _VALUE_CLASSES.get(element.VR)
+        if parse is not None and value not in (None, ""):
+            parse(value)
+        return True
+    except Exception:  # a damaged value: the SEG gets the attribute empty
+        return False
 
 
 def _restore_sop_class(dataset: Dataset, current: str, retired: str) -> None:

@@ -85,7 +85,8 @@ UID_ROOT = "1.2.826.0.1.3680043.8.498."
 PSEUDONYM_PATTERN = re.compile(r"^ANON-[0-9a-f]{12}$")
 
 MAX_SEQUENCE_DEPTH = 16
-"""Deeper nesting is refused: no ultrasound or SEG object nests this deep, a damaged file may."""
+"""Sequences nested deeper are removed (and refused by the audit): no ultrasound or SEG object
+nests this deep, a damaged file may."""
 
 DUMMY_VALUES: dict[str, str] = {
     "AE": "ANONYMOUS",
@@ -384,12 +385,13 @@ class _Deidentifier:
         self.shift = date_shift_days(patient_id, options.salt, options.max_date_shift_days)
 
     def clean(self, dataset: Dataset, depth: int = 0) -> None:
-        if depth > MAX_SEQUENCE_DEPTH:
-            raise DeidentificationError(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}")
         for tag in list(dataset.keys()):
             action = action_for(tag, self.enabled)
             if action == "X":
                 del dataset[tag]
+                continue
+            if depth >= MAX_SEQUENCE_DEPTH and dataset.get_item(tag).VR == "SQ":
+                del dataset[tag]  # nesting this deep is damage; what is too deep to check goes
                 continue
             try:
                 element = dataset[tag]
@@ -418,6 +420,11 @@ class _Deidentifier:
             element.value = self._shifted(element)
         elif vr == "UI":  # "U", "D" of a UID, and any UID kept: every UID is remapped
             self._remap(element)
+        elif action == "U":  # a UID stored with another VR: remapped and stored as a UID again
+            raw = element.value
+            text = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+            element.VR = "UI"
+            element.value = remap_uid(text.strip("\x00 "), self.options.salt)
 
     def _remap(self, element: DataElement) -> None:
         values = [str(v) for v in _values(element) if v]

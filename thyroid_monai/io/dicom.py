@@ -34,6 +34,7 @@ names the syntax and the extra.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -455,6 +456,16 @@ def _check_image_header(path: Path, dataset: Dataset) -> None:
         raise _fail(path, f"image attributes missing: {', '.join(missing)}")
     if "PixelData" not in dataset:
         raise _fail(path, "no pixel data")
+    if "SOPInstanceUID" in dataset and not is_valid_uid(dataset.SOPInstanceUID):
+        raise _fail(path, "SOP Instance UID is not a valid UID")
+
+
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_valid_uid(value: object) -> bool:
+    """A UID of the UI VR: digits and dots, no leading zeros, at most 64 characters."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID_PATTERN.match(value))
 
 
 def _decoder_for(path: Path, dataset: Dataset) -> Any:
