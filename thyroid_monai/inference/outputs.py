@@ -194,7 +194,7 @@ RETIRED_TO_CURRENT = {US_IMAGE_STORAGE_RETIRED: US_IMAGE_STORAGE}
 
 
 def _seg_source(source: Dataset) -> tuple[Dataset, str | None]:
-    """A shallow copy of ``source`` that highdicom accepts, and the class it replaced (if any).
+    """A copy of ``source`` that highdicom accepts, and the class it replaced (if any).
 
     highdicom looks the source's SOP class up in its IOD table (which lacks the retired
     ultrasound classes), reads the type 2 patient and study attributes as Python attributes (an
@@ -204,7 +204,7 @@ def _seg_source(source: Dataset) -> tuple[Dataset, str | None]:
     dataset has none, and an empty value for each absent or damaged type 2 attribute; the SEG's
     references get the source's own class back afterwards (:func:`_restore_sop_class`).
     """
-    prepared = copy.copy(source)
+    prepared = copy.deepcopy(source)  # pixel bytes are shared, not copied (immutable)
     for keyword in SEG_TYPE2_ATTRIBUTES:
         if keyword not in prepared or not _usable(prepared, keyword):
             setattr(prepared, keyword, "")
