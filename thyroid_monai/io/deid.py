@@ -474,7 +474,7 @@ def clean_pixel_data(dataset: Dataset) -> None:
             # its UID (pydicom would draw a random one), which the salted remapping then
             # replaces: the same salt gives the same UIDs on every run.
             dataset.decompress(generate_instance_uid=False)
-        pixels = dataset.pixel_array.copy()
+        pixels = _stored_samples(dataset).copy()
         view = pixels.reshape((frames, rows, columns, samples))
     except DeidentificationError:
         raise
@@ -522,6 +522,16 @@ def blank_outside_image_regions(
     blanked = np.array(image, copy=True)
     blanked[..., outside] = 0
     return blanked
+
+
+def _stored_samples(dataset: Dataset) -> np.ndarray:
+    """The samples as stored: YBR stays YBR, palette indices stay indices.
+
+    pydicom converts YBR to RGB by default; written back under the YBR header, that would change
+    every colour of the image.
+    """
+    dataset.pixel_array_options(as_rgb=False)
+    return dataset.pixel_array
 
 
 def outside_regions_mask(regions: list[UltrasoundRegion], rows: int, columns: int) -> np.ndarray:
@@ -716,7 +726,7 @@ def _audit_pixels(dataset: Dataset) -> list[str]:
     if regions:
         outside = outside_regions_mask(regions, int(dataset.Rows), int(dataset.Columns))
         frames = frame_count(dataset)
-        pixels = dataset.pixel_array.reshape(
+        pixels = _stored_samples(dataset).reshape(
             (frames, int(dataset.Rows), int(dataset.Columns), int(dataset.SamplesPerPixel))
         )
         count = int(np.count_nonzero(pixels[:, outside, :]))

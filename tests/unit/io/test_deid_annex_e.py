@@ -177,3 +177,19 @@ def test_damaged_elements_are_removed_not_crashed_on(tmp_path):
     assert reread.SOPInstanceUID.startswith(UID_ROOT)
     assert reread["SOPInstanceUID"].VR == "UI"
     assert "ImageType" not in reread
+
+
+@pytest.mark.parametrize("photometric", ["YBR_FULL", "PALETTE COLOR", "RGB"])
+def test_cleaning_keeps_stored_samples_as_stored(tmp_path, photometric):
+    # pydicom converts YBR to RGB when decoding; written back under the YBR header that would
+    # change every colour of the tissue image.
+    path = write_ultrasound_dicom(
+        tmp_path / "colour.dcm", smooth_frame(), photometric=photometric, regions=[REGION],
+        spacing_mm=SPACING, patient=PATIENT,
+    )  # fmt: skip
+    before = read_ultrasound(path).frames[0].image
+    clean = deidentify(pydicom.dcmread(path), DeidentificationOptions(salt="pepper"))
+    clean.save_as(tmp_path / "clean.dcm", enforce_file_format=True)
+    assert clean.PhotometricInterpretation == photometric
+    np.testing.assert_array_equal(read_ultrasound(tmp_path / "clean.dcm").frames[0].image, before)
+    assert audit_dataset(pydicom.dcmread(tmp_path / "clean.dcm")) == []
