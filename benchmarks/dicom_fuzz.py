@@ -17,6 +17,8 @@ Every variant goes through three stages, single process:
 3. ``infer`` (a small untrained network; de-identified; DICOM SEG on): every file in
    ``summary.json``; every case folder complete (report, mask, overlay), no staging folder left.
 
+Both output folders must pass the PHI audit and hold no byte of the seeds' fake identity.
+
 Anything else (another exception type, an unnamed rejection, a missing outcome, a half-written
 output, a file taking longer than ``--hang-seconds``) is a finding. The outcome table goes to
 ``benchmarks/results/dicom_fuzz.md`` and ``.json`` with the command that produced it.
@@ -545,9 +547,28 @@ def run_reader(variants: list[Variant], findings: Findings, hang_seconds: float)
         findings.count(variant, outcome)
 
 
+IDENTITY = (b"FUZZ^PATIENT", b"FUZZ PATIENT", b"MRN0FUZZ", b"FUZZ_AE")
+"""The seeds' fake identity: no output byte may hold it (file names in rejected.csv aside)."""
+
+
 def _no_leftovers(folder: Path, findings: Findings, stage: str) -> None:
     leftovers = [p for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
     findings.problems.extend(f"{stage}: half-written output {p.name}" for p in leftovers)
+    for path in (p for p in folder.rglob("*") if p.is_file() and p.name != "rejected.csv"):
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            import gzip
+
+            data = gzip.decompress(data)
+        if any(value in data for value in IDENTITY):
+            findings.problems.append(f"{stage}: {path.relative_to(folder)} holds the identity")
+
+
+def _audit(folder: Path, findings: Findings, stage: str) -> None:
+    from data_prep.audit import audit_folder
+
+    report = audit_folder(folder)
+    findings.problems.extend(f"{stage} audit: {problem}" for problem in report.problems)
 
 
 def run_prep(variants: list[Variant], source: Path, out: Path, findings: Findings) -> int:
@@ -586,6 +607,7 @@ def run_prep(variants: list[Variant], source: Path, out: Path, findings: Finding
             findings.count(variant, f"prep: rejected ({row['stage']})")
             if not row["reason"].strip():
                 findings.problems.append(f"prep dicom: {variant.path.name} rejected without reason")
+    _audit(out, findings, "prep dicom")
     if converted != sum(1 for v in variants if v.path.name not in rejected):
         findings.problems.append(
             f"prep dicom: {converted} cases in the manifest, "
@@ -641,6 +663,7 @@ def run_infer(variants: list[Variant], source: Path, out: Path, model: Any,
             if not (folder / name).is_file():
                 findings.problems.append(f"infer: {entry['case']} lacks {name}")
     _no_leftovers(out, findings, "infer")
+    _audit(out, findings, "infer")
 
 
 def campaign(work: Path, variants_count: int, *, seed: int = 0, hang_seconds: float = 10.0,

@@ -390,11 +390,10 @@ class _Deidentifier:
             if action == "X":
                 del dataset[tag]
                 continue
-            if depth >= MAX_SEQUENCE_DEPTH and dataset.get_item(tag).VR == "SQ":
-                del dataset[tag]  # nesting this deep is damage; what is too deep to check goes
-                continue
             try:
                 element = dataset[tag]
+                if element.VR == "SQ" and depth >= MAX_SEQUENCE_DEPTH:
+                    raise ValueError("nested too deeply")  # damage: too deep to check, so it goes
                 self.apply(element, action, depth)
                 keep = element.VR == "SQ" or tag == 0x7FE00010 or _writable(element)
             except DeidentificationError:
