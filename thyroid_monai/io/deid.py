@@ -589,6 +589,10 @@ def deidentify(dataset: Dataset, options: DeidentificationOptions) -> Dataset:
     result.file_meta = _file_meta(result, options.salt)
     if hasattr(result, "preamble"):
         result.preamble = b"\x00" * 128  # the preamble may hold anything, even a TIFF header
+    for keyword in ("PatientID", "PatientName", "PatientIdentityRemoved",
+                    "DeidentificationMethod", "DeidentificationMethodCodeSequence"):  # fmt: skip
+        if keyword in result:  # set afresh, with the dictionary VR (a damaged file may differ)
+            del result[keyword]
     result.PatientID = worker.pseudonym
     result.PatientName = worker.pseudonym
     result.PatientIdentityRemoved = "YES"
