@@ -33,6 +33,7 @@ from thyroid_monai.io.dicom import (
     US_IMAGE_STORAGE_RETIRED,
     US_MULTIFRAME_IMAGE_STORAGE,
     US_MULTIFRAME_IMAGE_STORAGE_RETIRED,
+    frame_count,
     is_valid_uid,
 )
 from thyroid_monai.io.files import atomic_path
@@ -85,11 +86,15 @@ def segmentation_unsupported(source: Dataset) -> str | None:
     frame: a cine's mask cannot say which frame it belongs to. A SEG references its source's
     study, series and instance, so those UIDs must be valid.
     """
-    frames = int(source.get("NumberOfFrames", 1) or 1)
+    frames = frame_count(source)
     if frames > 1:
         return f"no DICOM SEG: the source is a {frames}-frame cine (single-frame sources only)"
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        if not is_valid_uid(source.get(keyword)):
+        try:
+            valid = is_valid_uid(source.get(keyword))
+        except Exception:  # an unknown VR or a damaged value: not a UID to reference
+            valid = False
+        if not valid:
             return f"no DICOM SEG: the source has no valid {keyword} for the SEG to reference"
     return None
 

@@ -341,7 +341,9 @@ def infer_image(
     }  # fmt: skip
     dicom_files: dict[str, Dataset] = {}
     if settings.write_segmentation and source is not None and dicom is not None:
-        if (reason := segmentation_unsupported(source)) is not None:
+        with _stage("segmentation", image.path):
+            reason = segmentation_unsupported(source)
+        if reason is not None:
             report["warnings"].append(reason)
         else:
             with _stage("segmentation", image.path):
@@ -444,15 +446,17 @@ def _infer_file(
             return None, None
         except Exception as error:  # unreadable input of any kind
             raise CaseFailure("read", _without(error, path)) from None
-        name = case_name(image, root, deid)
+        with _stage("read", path):
+            name = case_name(image, root, deid)
         base, count = name, 1
         while name in taken:
             count += 1
             name = f"{base}-{count}"
         taken.add(name)
-        report = infer_image(
-            model, image, out, name=name, relative_input=shown, deid=deid, settings=settings
-        )
+        with _stage("infer", path):  # anything the stages above do not cover
+            report = infer_image(
+                model, image, out, name=name, relative_input=shown, deid=deid, settings=settings
+            )
     except CaseFailure as failure:
         printed = f"{path}: {failure.reason} (stage {failure.stage})"
         summary.failed.append((path, printed))
