@@ -223,7 +223,10 @@ def _run_synth(args: argparse.Namespace) -> int:
     if args.out is None and args.preview is None:
         print("synth: give --out DIR (dataset) and/or --preview PNG", file=sys.stderr)
         return 2
-    config = _phantom_config(args)
+    try:
+        config = _phantom_config(args)
+    except ValueError as error:  # a class mix naming no level, weights that sum to nothing...
+        usage_error(f"synth: {error}")
     if args.out is not None:
         try:
             check_fold_capacity(phantom_patients(args.n, config), args.folds, args.test_fraction)

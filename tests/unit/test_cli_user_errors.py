@@ -17,6 +17,7 @@ MISTAKES = [
     (["synth", "--n", "6", "--out", "out"], "cannot fill 5 folds"),  # checked before rendering
     (["synth", "--n", "20", "--folds", "1", "--out", "out"], "--folds"),
     (["synth", "--n", "20", "--test-fraction", "1.5", "--out", "out"], "--test-fraction"),
+    (["synth", "--n", "20", "--class-mix", "TR9=1", "--out", "out"], "TR9"),
     (["prep", "dicom", "--in", "missing", "--out", "out", "--salt", "s"], "missing"),
     (["prep", "dicom", "--in", ".", "--out", "out", "--salt", "s", "--frames", "half"], "half"),
     (["prep", "dicom", "--in", ".", "--out", "out", "--salt", "s", "--region", "big"], "big"),
