@@ -90,7 +90,7 @@ def _cache_key_or_reason(
 ) -> tuple[str | None, str | None]:
     try:
         return _cache_key(item, base, settings), None
-    except OSError as error:  # a missing or unreadable image or mask
+    except Exception as error:  # a missing or unreadable image or mask, an item without one
         return None, safe_reason(error)
 
 
