@@ -1,12 +1,14 @@
 """DICOM fuzz campaign: damaged ultrasound exports through the reader, ``prep dicom`` and ``infer``.
 
-Seed files: valid ultrasound DICOM of every photometric interpretation and transfer syntax the
-reader supports, 1 to 4 frames, with and without regions, the retired SOP class, an overlay, a
-graphics region over the name banner, no Patient's Name, no Patient's Birth Date. Each variant is
-a seed damaged one way (:data:`MUTATIONS`: byte flips, truncations, deleted and inserted tags,
-wrong VRs, absurd Rows/Columns/Bits/Frames, negative and huge region bounds, garbage and deeply
-nested sequences, huge declared lengths, denormal spacing, group-0002 elements in the dataset,
-pixel data longer than declared, duplicate instances...).
+Seed files: 16 valid ultrasound DICOM files of every photometric interpretation and transfer
+syntax the reader supports (JPEG-LS and JPEG 2000 need the ``dicom`` extra), 1 to 4 frames, with
+and without regions, the retired SOP class, an overlay, a graphics region over the name banner.
+Each variant is a seed, made a new instance of the seed's patient, damaged one way
+(:data:`MUTATIONS`: byte flips, truncations, deleted and inserted tags, wrong VRs and lengths,
+absurd Rows/Columns/Bits/Frames, negative and huge region bounds, garbage and deeply nested
+sequences, huge declared lengths, denormal spacing, group-0002 elements in the dataset, pixel
+data longer or shorter than declared, absent Patient's Name, Birth Date and other type 2
+attributes...); two more files are duplicate exports of a seed.
 
 Every variant goes through three stages, single process:
 
@@ -91,14 +93,17 @@ SEED_SPECS: list[dict[str, Any]] = [
     {"transfer_syntax": "jpeg-baseline", "photometric": "YBR_FULL_422", "frames": 2},
     {"transfer_syntax": "jpeg-baseline", "photometric": "MONOCHROME2", "frames": 1},
     {"transfer_syntax": "jpeg-lossless", "photometric": "MONOCHROME2", "frames": 1},
+    {"transfer_syntax": "jpeg-ls", "photometric": "MONOCHROME2", "frames": 2},
+    {"transfer_syntax": "jpeg2000", "photometric": "RGB", "frames": 1},
     {"transfer_syntax": "explicit", "photometric": "MONOCHROME2", "frames": 1, "regions": []},
     {"transfer_syntax": "explicit", "photometric": "MONOCHROME2", "frames": 1,
      "retired_sop_class": True},
     {"transfer_syntax": "explicit", "photometric": "RGB", "frames": 1, "overlay": True},
     {"transfer_syntax": "explicit", "photometric": "MONOCHROME2", "frames": 1, "banner": True},
 ]  # fmt: skip
-"""14 valid seeds (every photometric and codec the base install decodes, 1-4 frames, no regions,
-the retired SOP class, an overlay, a graphics region over the banner)."""
+"""16 valid seeds (every photometric interpretation and transfer syntax the reader supports with
+the ``dicom`` extra, 1-4 frames, no regions, the retired SOP class, an overlay, a graphics region
+over the banner)."""
 
 
 def write_seeds(folder: Path) -> list[Path]:

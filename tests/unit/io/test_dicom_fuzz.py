@@ -1,6 +1,6 @@
 """A short fuzz campaign in the suite: damaged DICOM through the reader, prep dicom and infer.
 
-The same generator as ``benchmarks/dicom_fuzz.py`` (which runs 10,000 variants): 14 valid seeds,
+The same generator as ``benchmarks/dicom_fuzz.py`` (which runs 10,000 variants): 16 valid seeds,
 25 kinds of damage, two duplicate exports. Every file must be read, converted or rejected with a
 named reason; nothing may crash, hang or be left half-written.
 """
