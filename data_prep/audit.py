@@ -8,6 +8,10 @@ whole DICOM header) and no free text beyond what the converters write.
 Given the identifiers of the source (the patient names, IDs and institutions of the DICOM files a
 dataset was prepared from, :func:`source_identifiers`), every file under the folder, whatever its
 format (checkpoints, MLflow stores and artifacts, logs, configs), is also searched for them.
+
+A damaged file, in the folder or in the source, is reported as a problem, never crashed on: what
+cannot be read cannot be shown to be clean, and a source whose identifiers cannot be read leaves
+the search incomplete.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import nibabel as nib
 
 from thyroid_monai.io.deid import audit_dataset, is_dicom_file
 from thyroid_monai.io.dicom import DicomReadError, read_dataset
+from thyroid_monai.io.errors import safe_reason
 
 # Shorter values (initials, short numbers) occur by chance in binary files such as checkpoints.
 MIN_IDENTIFIER_LENGTH = 6
@@ -57,11 +62,22 @@ class AuditReport:
         return not self.problems and (self.dicom_files + self.nifti_files + self.searched_files) > 0
 
 
-def source_identifiers(source: str | Path) -> list[str]:
+@dataclass
+class SourceIdentifiers:
+    """The identifying values of a source folder and the files that could not be read."""
+
+    values: list[str]
+    unreadable: list[tuple[str, str]]
+    """``(path relative to the source, reason)`` of each DICOM file whose header is damaged."""
+
+
+def read_source_identifiers(source: str | Path) -> SourceIdentifiers:
     """The identifying values of the DICOM files under ``source`` (names, IDs, institutions).
 
     Person names are also given with spaces in place of DICOM's ``^`` separators. Values shorter
-    than ``MIN_IDENTIFIER_LENGTH`` are left out.
+    than ``MIN_IDENTIFIER_LENGTH`` are left out. Only the top-level identifying attributes are
+    read (``specific_tags``), so a damaged or deeply nested sequence elsewhere does not stop the
+    reading; a file that still cannot be read is listed in ``unreadable``, never raised.
 
     Raises:
         FileNotFoundError: If ``source`` is not a folder.
@@ -72,15 +88,31 @@ def source_identifiers(source: str | Path) -> list[str]:
     if not source.is_dir():
         raise FileNotFoundError(f"source folder not found: {source}")
     found: set[str] = set()
+    unreadable: list[tuple[str, str]] = []
     for path in sorted(p for p in source.rglob("*") if p.is_file() and is_dicom_file(p)):
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        for keyword in IDENTIFYING_ATTRIBUTES:
-            element = dataset.get(keyword)
-            values = element if isinstance(element, pydicom.multival.MultiValue) else [element]
-            for value in values:
-                text = str(value or "").strip()
-                found.update({text, text.replace("^", " ").strip()})
-    return sorted(v for v in found if len(v) >= MIN_IDENTIFIER_LENGTH)
+        try:
+            dataset = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=list(IDENTIFYING_ATTRIBUTES)
+            )
+            for keyword in IDENTIFYING_ATTRIBUTES:
+                element = dataset.get(keyword)
+                values = element if isinstance(element, pydicom.multival.MultiValue) else [element]
+                for value in values:
+                    text = str(value or "").strip()
+                    found.update({text, text.replace("^", " ").strip()})
+        except Exception as error:  # RecursionError, wrong VRs, bad lengths: report, go on
+            unreadable.append((path.relative_to(source).as_posix(), safe_reason(error)))
+    values = sorted(v for v in found if len(v) >= MIN_IDENTIFIER_LENGTH)
+    return SourceIdentifiers(values, unreadable)
+
+
+def source_identifiers(source: str | Path) -> list[str]:
+    """The identifying values of :func:`read_source_identifiers` (damaged files left out).
+
+    Raises:
+        FileNotFoundError: If ``source`` is not a folder.
+    """
+    return read_source_identifiers(source).values
 
 
 def _searchable(path: Path) -> bytes:
@@ -126,17 +158,26 @@ def audit_folder(root: str | Path, identifiers: Sequence[str] = ()) -> AuditRepo
                 for index, needle in enumerate(needles)
                 if needle in data
             )
+        report.problems.extend(f"{relative}: {problem}" for problem in _audit_file(path, report))
+    return report
+
+
+def _audit_file(path: Path, report: AuditReport) -> list[str]:
+    """The problems of one NIfTI or DICOM file; a damaged file is a problem, never a crash."""
+    try:
         if path.name.endswith((".nii", ".nii.gz")):
             report.nifti_files += 1
             header = nib.load(str(path)).header
-            if len(getattr(header, "extensions", [])):
-                report.problems.append(f"{relative}: NIfTI header extension present")
-        elif is_dicom_file(path):
+            return (
+                ["NIfTI header extension present"] if len(getattr(header, "extensions", [])) else []
+            )
+        if is_dicom_file(path):
             report.dicom_files += 1
             try:
                 dataset = read_dataset(path)
             except DicomReadError as error:
-                report.problems.append(f"{relative}: {error}")
-                continue
-            report.problems.extend(f"{relative}: {problem}" for problem in audit_dataset(dataset))
-    return report
+                return [str(error).removeprefix(f"{path}: ")]
+            return audit_dataset(dataset)
+    except Exception as error:  # a damaged output cannot be shown to be clean
+        return [f"cannot be audited ({safe_reason(error)})"]
+    return []

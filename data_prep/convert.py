@@ -10,8 +10,18 @@ sample::
 
 and, for the whole run, ``datalist.json`` (header, ``training`` items with patient-level folds,
 ``testing`` items), ``manifest.json`` (provenance: converter, options, every source file and
-output file with its SHA-256) and ``rejected.csv`` (``path,reason``; a header only when nothing
-was rejected).
+output file with its SHA-256) and ``rejected.csv`` (``path,reason,stage``; a header only when
+nothing was rejected).
+
+Per-file isolation: whatever goes wrong with one case (a :class:`ConversionError`, or any other
+exception of a reader, codec or writer) becomes a :class:`Rejection` with the stage that failed
+(``read``, ``deidentify``, ``convert``, ``write``...) and a reason that names the file and never
+an element's value, and the run goes on. Files a converter leaves out on purpose (not an image
+of this source, nothing to learn from) are listed with stage ``skipped``; every other stage counts
+as a failure (:attr:`ConversionResult.failed`). The outputs of a case appear completely or not at
+all: a case that fails after writing some of its files has them removed. ``rejected.csv`` and
+``manifest.json`` are written on every run, before the split, so they exist even when the split
+refuses the data (too few patients for the folds).
 
 Resuming: after a case's files are written, a record with the checksums of its sources and
 outputs goes to ``.records/``. A re-run reuses a record whose sources and outputs still have the
@@ -22,6 +32,7 @@ stopped, and a killed run leaves no half-written file (every write is atomic).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -39,14 +50,27 @@ import thyroid_monai
 from data_prep.datalist import write_datalist
 from data_prep.splits import split_dataset
 from thyroid_monai import keys
+from thyroid_monai.io.errors import SafeMessageError, safe_reason
 from thyroid_monai.io.files import atomic_path, write_json_atomic
 from thyroid_monai.io.nifti import write_nifti_2d
 
 RECORDS = ".records"
 
 
-class ConversionError(ValueError):
-    """A source case that cannot be converted; the message says why (it goes to rejected.csv)."""
+class ConversionError(SafeMessageError):
+    """A source case that cannot be converted; the message says why (it goes to rejected.csv).
+
+    Attributes:
+        stage: What failed: ``read``, ``deidentify``, ``convert`` (the default), ``write``...
+    """
+
+    def __init__(self, message: str, stage: str = "convert"):
+        super().__init__(message)
+        self.stage = stage
+
+
+SKIPPED = "skipped"
+"""Stage of a file left out on purpose (not a failure)."""
 
 
 @dataclass
@@ -72,10 +96,16 @@ class Sample:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A source file that was not converted, and why."""
+    """A source file that was not converted, why, and at which stage (``skipped``: on purpose)."""
 
     path: str
     reason: str
+    stage: str = "convert"
+
+    @property
+    def failed(self) -> bool:
+        """A failure rather than a file left out on purpose."""
+        return self.stage != SKIPPED
 
 
 class SourceCase:
@@ -110,6 +140,14 @@ class SourceCase:
     def record_name(self) -> str:
         """File name of the case's resume record in ``.records/``."""
         return f"{hashlib.sha256(self.key.encode()).hexdigest()}.json"
+
+    def write_extras(self, out_dir: Path) -> list[dict[str, str]]:
+        """Writes files of the case beyond its samples (after the samples, atomically).
+
+        Returns:
+            ``{"path", "sha256"}`` of each file, relative to ``out_dir`` (none by default).
+        """
+        return []
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -153,7 +191,7 @@ class _Outcome:
     rejections: list[Rejection]
 
 
-def _write_sample(sample: Sample, out_dir: Path) -> dict[str, Any]:
+def _write_sample(sample: Sample, out_dir: Path, written: list[Path]) -> dict[str, Any]:
     if sample.image.ndim != 2 or sample.image.dtype != np.uint8:
         raise ConversionError(
             f"case {sample.case_id}: image must be uint8 (rows, columns), got "
@@ -179,31 +217,45 @@ def _write_sample(sample: Sample, out_dir: Path) -> dict[str, Any]:
             **sample.fields,
         }
     )
-    written = []
+    entries = []
     for relative, array in outputs.items():
         path = write_nifti_2d(out_dir / relative, array, spacing)
-        written.append({"path": relative, "sha256": file_sha256(path)})
-    return {"item": item, "outputs": written, "image_sha256": pixel_sha256(sample.image)}
+        written.append(path)
+        entries.append({"path": relative, "sha256": file_sha256(path)})
+    return {"item": item, "outputs": entries, "image_sha256": pixel_sha256(sample.image)}
 
 
 def _convert_one(task: tuple[SourceCase, str]) -> _Outcome:
+    """Converts one case, isolated: any failure becomes a rejection and leaves no output."""
     case, out = task
     out_dir = Path(out)
+    written: list[Path] = []
+    stage = "convert"
     try:
         samples = case.convert()
         if not samples:
             raise ConversionError("no image in this case")
-        written = [_write_sample(sample, out_dir) for sample in samples]
-    except ConversionError as error:
-        return _Outcome(case.key, None, [Rejection(case.key, str(error))])
-    skipped = list(getattr(case, "skipped", []))
-    record = {
-        "key": case.recorded_key(),
-        "sources": case.provenance(),
-        "samples": written,
-        "skipped": [[r.path, r.reason] for r in skipped],
-    }
-    write_json_atomic(out_dir / RECORDS / case.record_name(), record)
+        stage = "write"
+        entries = [_write_sample(sample, out_dir, written) for sample in samples]
+        extras = case.write_extras(out_dir)
+        written.extend(out_dir / extra["path"] for extra in extras)
+        skipped = [dataclasses.replace(r, stage=SKIPPED) for r in getattr(case, "skipped", [])]
+        record = {
+            "key": case.recorded_key(),
+            "sources": case.provenance(),
+            "samples": entries,
+            "extras": extras,
+            "skipped": [[r.path, r.reason] for r in skipped],
+        }
+        write_json_atomic(out_dir / RECORDS / case.record_name(), record)
+    except Exception as error:  # one case's failure, of whatever type, must not end the run
+        for path in written:  # its outputs appear completely or not at all
+            path.unlink(missing_ok=True)
+        if isinstance(error, ConversionError):
+            rejection = Rejection(case.key, str(error), error.stage)
+        else:
+            rejection = Rejection(case.key, f"{case.key}: {safe_reason(error)}", stage)
+        return _Outcome(case.key, None, [rejection])
     return _Outcome(case.key, record, skipped)
 
 
@@ -217,11 +269,11 @@ def _reusable(case: SourceCase, out_dir: Path) -> dict[str, Any] | None:
         return None
     if record.get("sources") != case.provenance():
         return None
-    for sample in record.get("samples", []):
-        for output in sample["outputs"]:
-            target = out_dir / output["path"]
-            if not target.is_file() or file_sha256(target) != output["sha256"]:
-                return None
+    outputs = [o for sample in record.get("samples", []) for o in sample["outputs"]]
+    for output in outputs + list(record.get("extras", [])):
+        target = out_dir / output["path"]
+        if not target.is_file() or file_sha256(target) != output["sha256"]:
+            return None
     return record
 
 
@@ -239,6 +291,11 @@ class ConversionResult:
     def ok(self) -> bool:
         """At least one image was converted (the command exits non-zero otherwise)."""
         return self.samples > 0
+
+    @property
+    def failed(self) -> list[Rejection]:
+        """The rejections that are failures (not files left out on purpose)."""
+        return [r for r in self.rejected if r.failed]
 
 
 @dataclass(frozen=True)
@@ -302,7 +359,9 @@ def convert_dataset(
             todo.append((case, str(out)))
         else:
             records[case.key] = record
-            rejected.extend(Rejection(path, reason) for path, reason in record.get("skipped", []))
+            rejected.extend(
+                Rejection(path, reason, SKIPPED) for path, reason in record.get("skipped", [])
+            )
     reused = len(records)
     with tqdm(
         total=len(cases), initial=reused, desc="converting", unit="case", disable=not progress
@@ -319,29 +378,9 @@ def convert_dataset(
         duplicates = sorted({c for c in case_ids if case_ids.count(c) > 1})
         raise ValueError(f"case IDs are not unique: {duplicates[:5]}")
     _write_rejected(out / "rejected.csv", rejected)
-    if not samples:
-        return ConversionResult(None, len(todo), reused, rejected, 0)
-    items = [dict(s["item"], source=header.get("source")) for s in samples]
-    digests = [s["image_sha256"] for s in samples]
-    training, testing = split_dataset(
-        items,
-        digests=digests,
-        folds=split.folds,
-        test_fraction=split.test_fraction,
-        seed=split.seed,
-        fixed_test=split.fixed_test,
-        keep_folds=split.keep_folds,
-    )
-    full_header = {
-        **header,
-        "generator": f"thyroid_monai {thyroid_monai.__version__}",
-        "labels": {"0": "background", "1": "nodule"},
-        "axes": "x (lateral) first, y (depth) second; spacing [x_mm, y_mm], null when unknown",
-        "folds": split.folds,
-    }
-    datalist = write_datalist(out / "datalist.json", full_header, training, testing)
+    generator = f"thyroid_monai {thyroid_monai.__version__}"
     manifest = {
-        "generator": full_header["generator"],
+        "generator": generator,
         "source": header.get("source"),
         "options": dict(options),
         "split": {
@@ -363,20 +402,43 @@ def convert_dataset(
                     }
                     for s in record["samples"]
                 ],
+                "extras": record.get("extras", []),
             }
             for record in ordered
         ],
         "rejected": len(rejected),
+        "failed": sum(1 for r in rejected if r.failed),
     }
     write_json_atomic(out / "manifest.json", manifest)
+    if not samples:
+        return ConversionResult(None, len(todo), reused, rejected, 0)
+    items = [dict(s["item"], source=header.get("source")) for s in samples]
+    digests = [s["image_sha256"] for s in samples]
+    training, testing = split_dataset(
+        items,
+        digests=digests,
+        folds=split.folds,
+        test_fraction=split.test_fraction,
+        seed=split.seed,
+        fixed_test=split.fixed_test,
+        keep_folds=split.keep_folds,
+    )
+    full_header = {
+        **header,
+        "generator": generator,
+        "labels": {"0": "background", "1": "nodule"},
+        "axes": "x (lateral) first, y (depth) second; spacing [x_mm, y_mm], null when unknown",
+        "folds": split.folds,
+    }
+    datalist = write_datalist(out / "datalist.json", full_header, training, testing)
     return ConversionResult(datalist, len(todo), reused, rejected, len(samples))
 
 
 def _write_rejected(path: Path, rejected: Sequence[Rejection]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "reason"])
-    writer.writerows([r.path, r.reason] for r in sorted(rejected, key=lambda r: r.path))
+    writer.writerow(["path", "reason", "stage"])
+    writer.writerows([r.path, r.reason, r.stage] for r in sorted(rejected, key=lambda r: r.path))
     with atomic_path(path) as temporary:
         temporary.write_text(buffer.getvalue(), encoding="utf-8")
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_prep.convert import ConversionError, Rejection, Sample, SourceCase
+from data_prep.convert import SKIPPED, ConversionError, Rejection, Sample, SourceCase
 from thyroid_monai import keys
 from thyroid_monai.tirads import UnknownLabelError, normalise_level
 
@@ -148,7 +148,9 @@ class DdtiCase(SourceCase):
             if mask is None and level is None:
                 self.skipped.append(
                     Rejection(
-                        _relative_to(image_path, self.root), "no contour and no TI-RADS level"
+                        _relative_to(image_path, self.root),
+                        "no contour and no TI-RADS level",
+                        SKIPPED,
                     )
                 )
                 continue
@@ -206,7 +208,7 @@ def discover_ddti(
         )
     referenced = {img for case in cases for img in case.files[1:]}
     strays = [
-        Rejection(p.relative_to(root).as_posix(), "image without a case XML")
+        Rejection(p.relative_to(root).as_posix(), "image without a case XML", SKIPPED)
         for p in sorted(images_dir.glob("*.jpg"))
         if p not in referenced
     ]

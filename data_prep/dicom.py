@@ -20,22 +20,31 @@ image; the patient grouping keeps them in one fold).
 De-identification is on by default (PS3.15 basic profile with Clean Pixel Data, salted
 pseudonyms): patients become ``ANON-...`` pseudonyms, case IDs derive from the salted SOP Instance
 UID, the manifest records source checksums but no source paths, and a de-identified copy of every
-file goes to ``dicom/`` for the audit. Images are cropped to the 2D tissue region either way.
-``rejected.csv`` still names the refused source files, for the data owner: keep it with the
-sources rather than with the shared dataset.
+file goes to ``dicom/`` for the audit. A file is de-identified before any picture of it is made,
+and its NIfTI images show only what the de-identified copy shows (0 outside the image regions).
+Images are cropped to the 2D tissue region either way. ``rejected.csv`` still names the refused
+source files, for the data owner: keep it with the sources rather than with the shared dataset.
+
+Rejections (``rejected.csv``, stage column): files that are neither DICOM nor named ``.dcm`` and
+DICOM files of other SOP classes are ``skipped``; a damaged or unreadable file (``read``), a second
+file with a SOP Instance UID already seen (``read``, a duplicate export), a file that cannot be
+de-identified (``deidentify``) and any other failure of one file are failures, which make the
+command exit 1 while every other file is still converted.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset
 
 from data_prep.convert import (
+    SKIPPED,
     ConversionError,
     Rejection,
     Sample,
@@ -49,7 +58,9 @@ from thyroid_monai import keys
 from thyroid_monai.io.deid import (
     DeidentificationError,
     DeidentificationOptions,
+    blank_outside_image_regions,
     deidentify,
+    is_dicom_file,
     pseudonym,
 )
 from thyroid_monai.io.dicom import (
@@ -57,11 +68,13 @@ from thyroid_monai.io.dicom import (
     DicomReadError,
     FramePolicy,
     RegionPolicy,
+    UltrasoundFrame,
     UltrasoundImage,
     read_dataset,
     read_ultrasound,
     sop_class_name,
 )
+from thyroid_monai.io.errors import safe_reason
 from thyroid_monai.io.files import atomic_path
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -83,6 +96,8 @@ class DicomCase(SourceCase):
     masks_dir: Path | None
     segmentation: Path | None
     deid: DeidentificationOptions | None
+    _pending: tuple[str, Dataset] | None = field(default=None, init=False, repr=False)
+    """The de-identified copy made by :meth:`convert`, written by :meth:`write_extras`."""
 
     def provenance(self) -> list[dict[str, Any]]:
         """Source checksums; without paths when de-identifying (paths may name patients)."""
@@ -112,18 +127,21 @@ class DicomCase(SourceCase):
         try:
             image = read_ultrasound(self.path, frames=self.frames, region=self.region)
         except DicomReadError as error:
-            raise ConversionError(str(error)) from None
+            raise ConversionError(str(error), stage="read") from None
         dataset = image.dataset
         assert dataset is not None
         labels = self.labels or {}
-        original_patient = labels.get("patient") or str(dataset.get("PatientID", "") or "")
+        try:
+            original_patient = labels.get("patient") or str(dataset.get("PatientID", "") or "")
+        except Exception:  # a Patient ID of the wrong VR or length
+            raise ConversionError(f"{self.path}: unreadable Patient ID", stage="read") from None
         if not original_patient:
             raise ConversionError(f"{self.path}: no Patient ID and no 'patient' in the labels CSV")
         if self.deid is not None:
             patient = pseudonym(original_patient, self.deid.salt)
             digest = hashlib.sha256(f"{self.deid.salt}\x00{image.sop_instance_uid}".encode())
             stem = f"{patient}_{digest.hexdigest()[:10]}"
-            self._write_deidentified(stem, dataset)
+            self._deidentify(stem, image)
         else:
             patient = original_patient
             stem = safe_name(str(Path(self.key).with_suffix("")))
@@ -146,14 +164,33 @@ class DicomCase(SourceCase):
             )
         return samples
 
-    def _write_deidentified(self, stem: str, dataset: Any) -> None:
+    def _deidentify(self, stem: str, image: UltrasoundImage) -> None:
+        """De-identifies the file and blanks its frames as the copy shows them (no writing)."""
         assert self.deid is not None
+        assert image.dataset is not None
         try:
-            clean = deidentify(dataset, self.deid)
+            clean = deidentify(image.dataset, self.deid)
+            for index, frame in enumerate(image.frames):
+                blanked = blank_outside_image_regions(frame.image, image.dataset, image.crop)
+                image.frames[index] = UltrasoundFrame(frame.number, blanked)
         except DeidentificationError as error:
-            raise ConversionError(f"{self.path}: {error}") from None
-        with atomic_path(self.out_dir / "dicom" / f"{stem}.dcm") as temporary:
+            raise ConversionError(f"{self.path}: {error}", stage="deidentify") from None
+        except Exception as error:  # a value de-identification could not handle
+            raise ConversionError(
+                f"{self.path}: de-identification failed ({safe_reason(error)})", stage="deidentify"
+            ) from None
+        self._pending = (stem, clean)
+
+    def write_extras(self, out_dir: Path) -> list[dict[str, str]]:
+        """Writes the de-identified copy to ``dicom/`` (when de-identifying)."""
+        if self._pending is None:
+            return []
+        stem, clean = self._pending
+        relative = f"dicom/{stem}.dcm"
+        with atomic_path(out_dir / relative) as temporary:
             clean.save_as(temporary, enforce_file_format=True)
+        self._pending = None
+        return [{"path": relative, "sha256": file_sha256(out_dir / relative)}]
 
     def _mask(self, image: UltrasoundImage, frame: int) -> np.ndarray | None:
         full = (
@@ -188,8 +225,8 @@ class DicomCase(SourceCase):
             return None
         try:
             values = np.asarray(Image.open(path).convert("L"))
-        except OSError as error:
-            raise ConversionError(f"{path}: unreadable mask ({error})") from None
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ConversionError(f"{path}: unreadable mask ({safe_reason(error)})") from None
         top = int(values.max())
         return values > (top / 2 if top > 1 else 0)
 
@@ -214,7 +251,9 @@ class DicomCase(SourceCase):
                 [image.sop_instance_uid], combine_segments=True
             )
         except Exception as error:  # highdicom raises several types for unusable SEGs
-            raise ConversionError(f"{self.segmentation}: unusable DICOM SEG ({error})") from None
+            raise ConversionError(
+                f"{self.segmentation}: unusable DICOM SEG ({safe_reason(error)})"
+            ) from None
         return np.asarray(pixels[0]) > 0
 
 
@@ -225,6 +264,39 @@ def _referenced_instances(dataset: Any) -> list[str]:
             str(i.ReferencedSOPInstanceUID) for i in series.get("ReferencedInstanceSequence", [])
         )
     return uids
+
+
+def _discover_file(
+    path: Path, relative: str, seen: dict[str, str]
+) -> Rejection | tuple[str, list[str]]:
+    """What one file under ``--in`` is.
+
+    Returns:
+        A rejection; a SEG's class and the instances it references; or an ultrasound image's
+        class and its SOP Instance UID (``seen`` maps instance UIDs to their first file).
+    """
+    claims_dicom = path.suffix.lower() in (".dcm", ".dicom") or is_dicom_file(path)
+    try:
+        dataset = read_dataset(path, stop_before_pixels=True)
+        sop_class = str(dataset.get("SOPClassUID", ""))
+        if sop_class == SEGMENTATION_STORAGE:
+            return sop_class, _referenced_instances(dataset)
+        if sop_class not in ULTRASOUND_SOP_CLASSES:
+            name = sop_class_name(sop_class) if sop_class else "none"
+            return Rejection(relative, f"not an ultrasound image (SOP class {name})", SKIPPED)
+        uid = str(dataset.get("SOPInstanceUID", "") or "")
+    except DicomReadError as error:
+        return Rejection(relative, str(error), "read" if claims_dicom else SKIPPED)
+    except Exception as error:  # a header damaged beyond what read_dataset reports
+        return Rejection(relative, f"{relative}: damaged DICOM data ({safe_reason(error)})", "read")
+    if not uid:
+        return Rejection(relative, f"{relative}: no SOP Instance UID", "read")
+    if uid in seen:
+        return Rejection(
+            relative, f"{relative}: same SOP Instance UID as {seen[uid]} (duplicate export)", "read"
+        )
+    seen[uid] = relative
+    return sop_class, [uid]
 
 
 def discover_dicom(
@@ -257,6 +329,8 @@ def discover_dicom(
     images: list[tuple[Path, str]] = []
     segmentations: dict[str, Path] = {}
     rejections = []
+    seen: dict[str, str] = {}
+    seg_files: dict[Path, list[str]] = {}
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if not path.is_file() or any(part.startswith(".") for part in relative.parts):
@@ -265,25 +339,25 @@ def discover_dicom(
             masks is not None and masks.resolve() in path.resolve().parents
         ):
             continue
-        try:
-            dataset = read_dataset(path, stop_before_pixels=True)
-            sop_class = str(dataset.get("SOPClassUID", ""))
-            if sop_class == SEGMENTATION_STORAGE:
-                for uid in _referenced_instances(dataset):
-                    segmentations[uid] = path
-            elif sop_class in ULTRASOUND_SOP_CLASSES:
-                images.append((path, str(dataset.get("SOPInstanceUID", ""))))
-            else:
-                rejections.append(
-                    Rejection(
-                        relative.as_posix(),
-                        f"not an ultrasound image (SOP class {sop_class_name(sop_class) or '?'})",
-                    )
+        found = _discover_file(path, relative.as_posix(), seen)
+        if isinstance(found, Rejection):
+            rejections.append(found)
+        elif found[0] == SEGMENTATION_STORAGE:
+            seg_files[path] = found[1]
+            for uid in found[1]:
+                segmentations[uid] = path
+        else:
+            images.append((path, found[1][0]))
+    known = {uid for _, uid in images}
+    for path, referenced in seg_files.items():
+        if not set(referenced) & known:
+            rejections.append(
+                Rejection(
+                    path.relative_to(root).as_posix(),
+                    "a DICOM SEG referencing no ultrasound image here",
+                    SKIPPED,
                 )
-        except DicomReadError as error:
-            rejections.append(Rejection(relative.as_posix(), str(error)))
-        except Exception as error:  # a header damaged beyond what read_dataset reports
-            rejections.append(Rejection(relative.as_posix(), f"damaged DICOM data ({error})"))
+            )
     cases = []
     for path, uid in images:
         key = path.relative_to(root).as_posix()

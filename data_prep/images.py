@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from data_prep.convert import (
+    SKIPPED,
     ConversionError,
     Rejection,
     Sample,
@@ -144,7 +145,9 @@ def discover_tn3k(
             mask = masks_dir / path.name
             if not mask.is_file():
                 rejections.append(
-                    Rejection(path.relative_to(root).as_posix(), "no mask in " + masks_dir.name)
+                    Rejection(
+                        path.relative_to(root).as_posix(), "no mask in " + masks_dir.name, SKIPPED
+                    )
                 )
                 continue
             case_id = f"tn3k_{split}_{_number(path):04d}"
@@ -227,7 +230,7 @@ def discover_folder(
         relative = path.relative_to(root).as_posix()
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             rejections.append(
-                Rejection(relative, f"not an image file ({path.suffix or 'no suffix'})")
+                Rejection(relative, f"not an image file ({path.suffix or 'no suffix'})", SKIPPED)
             )
             continue
         name = path.relative_to(images_dir).as_posix()

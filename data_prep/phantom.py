@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import thyroid_monai
 from data_prep.datalist import write_datalist
-from data_prep.splits import assign_folds, split_holdout
+from data_prep.splits import assign_folds, check_fold_capacity, split_holdout
 from thyroid_monai import keys
 from thyroid_monai.io.nifti import write_nifti_2d
 from thyroid_monai.synthetic import Phantom, PhantomCase, PhantomConfig
@@ -83,6 +83,11 @@ def _write_patient(task: tuple[int, int, str]) -> list[dict[str, Any]]:
     return [write_case(case, Path(out_dir)) for case in _worker_phantom.patient(index, views)]
 
 
+def phantom_patients(count: int, config: PhantomConfig) -> int:
+    """Patients a phantom dataset of ``count`` images has (``images_per_patient`` views each)."""
+    return -(-count // config.images_per_patient)
+
+
 def _patient_tasks(count: int, per_patient: int, out_dir: Path) -> list[tuple[int, int, str]]:
     patients = -(-count // per_patient)
     return [(i, min(per_patient, count - i * per_patient), str(out_dir)) for i in range(patients)]
@@ -125,6 +130,7 @@ def write_phantom_dataset(
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
+    check_fold_capacity(phantom_patients(count, config), folds, test_fraction)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = _patient_tasks(count, config.images_per_patient, out)

@@ -71,6 +71,37 @@ def assign_folds(
     return [{**item, "fold": fold_of[str(item[group_key])]} for item in items]
 
 
+def held_out_total(patients: int, fraction: float) -> int:
+    """Patients :func:`split_holdout` holds out.
+
+    ``round(fraction * patients)``, at least one when there are two patients or more, none when
+    ``fraction`` is 0.
+    """
+    if fraction == 0.0:
+        return 0
+    total = round(fraction * patients)
+    return 1 if total == 0 and patients > 1 else total
+
+
+def check_fold_capacity(patients: int, folds: int, test_fraction: float) -> None:
+    """Checks, before anything is made, that ``patients`` can fill the split.
+
+    Raises:
+        ValueError: If fewer than ``folds`` patients remain for training after the held-out
+            share (the message says how many there are and how many are needed).
+    """
+    if folds < 2:
+        raise ValueError(f"at least 2 folds are needed, got {folds}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"the held-out fraction must be in [0, 1), got {test_fraction}")
+    training = patients - held_out_total(patients, test_fraction)
+    if training < folds:
+        raise ValueError(
+            f"{patients} patients leave {training} for training after the held-out share, "
+            f"which cannot fill {folds} folds"
+        )
+
+
 def _stratum_quotas(
     by_stratum: Mapping[Any, Sequence[str]], fraction: float, rng: np.random.Generator
 ) -> dict[Any, int]:
@@ -82,9 +113,7 @@ def _stratum_quotas(
     patients in six TI-RADS levels at 20 %); the total is what the user asked for.
     """
     patients = sum(len(members) for members in by_stratum.values())
-    total = round(fraction * patients)
-    if total == 0 and patients > 1:
-        total = 1
+    total = held_out_total(patients, fraction)
     exact = {stratum: fraction * len(members) for stratum, members in by_stratum.items()}
     quotas = {stratum: int(np.floor(share)) for stratum, share in exact.items()}
     # Remaining places go to the largest remainders; random ties, reproducible from the seed.

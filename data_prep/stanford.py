@@ -30,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.convert import ConversionError, Rejection, Sample, SourceCase, read_labels_csv
+from data_prep.convert import (
+    SKIPPED,
+    ConversionError,
+    Rejection,
+    Sample,
+    SourceCase,
+    read_labels_csv,
+)
 from thyroid_monai import keys
 from thyroid_monai.io.dicom import FramePolicy
 from thyroid_monai.tirads import UnknownLabelError, normalise_level
@@ -187,7 +194,7 @@ def discover_stanford(
         members = sorted(clips[annot])
         meta = metadata.get(annot) or metadata.get(annot.rstrip("_"))
         if meta is None:
-            rejections.append(Rejection(f"{hdf5.name}:{annot}", "no row in metadata.csv"))
+            rejections.append(Rejection(f"{hdf5.name}:{annot}", "no row in metadata.csv", SKIPPED))
             continue
         cases.append(
             CineClip(

@@ -7,14 +7,20 @@ version: a re-run computes nothing. The z-score statistics are fitted on the ``t
 only (optionally leaving one validation fold out too) and saved in ``radiomics_stats.json``
 beside the datalist, which gains per item ``"radiomics": [standardised floats or null]`` and the
 header ``"radiomics": {"features", "stats", "standardisation", "settings", ...}``.
+
+Each item is isolated: an item whose image or mask cannot be read or whose features cannot be
+computed gets ``"radiomics": null`` values, is listed in ``radiomics_rejected.csv`` beside the
+datalist (``case_id,reason``; a header only when none failed) and the run goes on.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,8 @@ from tqdm.auto import tqdm
 from data_prep.convert import file_sha256
 from thyroid_monai import keys
 from thyroid_monai.data import load_datalist
-from thyroid_monai.io.files import write_json_atomic
+from thyroid_monai.io.errors import safe_reason
+from thyroid_monai.io.files import atomic_path, write_json_atomic
 from thyroid_monai.io.nifti import read_nifti_2d
 from thyroid_monai.radiomics import (
     FEATURE_SET_VERSION,
@@ -35,6 +42,7 @@ from thyroid_monai.radiomics import (
 
 CACHE = ".radiomics_cache"
 STATS_FILE = "radiomics_stats.json"
+REJECTED_FILE = "radiomics_rejected.csv"
 
 
 @dataclass
@@ -45,6 +53,9 @@ class TargetsSummary:
     computed: int
     cached: int
     stats_path: Path
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """``(case_id, reason)`` of each item whose features could not be computed."""
+    rejected_path: Path | None = None
 
 
 def _cache_key(item: dict[str, Any], base: Path, settings: RadiomicsSettings) -> str:
@@ -61,13 +72,26 @@ def _cache_key(item: dict[str, Any], base: Path, settings: RadiomicsSettings) ->
 
 def _compute(
     task: tuple[str, str, list[float] | None, RadiomicsSettings, str],
-) -> list[float | None]:
+) -> list[float | None] | str:
+    """The raw features of one item, or the reason they could not be computed."""
     image_path, mask_path, spacing, settings, cache_path = task
-    image, _ = read_nifti_2d(image_path)
-    mask, _ = read_nifti_2d(mask_path)
-    values = compute_features(image, mask, spacing, settings)
-    write_json_atomic(cache_path, {"features": list(FEATURES), "values": values})
+    try:
+        image, _ = read_nifti_2d(image_path)
+        mask, _ = read_nifti_2d(mask_path)
+        values = compute_features(image, mask, spacing, settings)
+        write_json_atomic(cache_path, {"features": list(FEATURES), "values": values})
+    except Exception as error:  # one item's failure must not end the run
+        return safe_reason(error)
     return values
+
+
+def _cache_key_or_reason(
+    item: dict[str, Any], base: Path, settings: RadiomicsSettings
+) -> tuple[str | None, str | None]:
+    try:
+        return _cache_key(item, base, settings), None
+    except Exception as error:  # a missing or unreadable image or mask, an item without one
+        return None, safe_reason(error)
 
 
 def write_radiomics_targets(
@@ -99,12 +123,17 @@ def write_radiomics_targets(
     base = path.parent
     items = datalist["training"] + datalist.get("testing", [])
     raw: dict[int, list[float | None]] = {}
+    failed: dict[int, str] = {}
     tasks, pending = [], []
     for index, item in enumerate(items):
         if not item.get(keys.LABEL):
             raw[index] = [None] * len(FEATURES)
             continue
-        cache_path = base / CACHE / f"{_cache_key(item, base, settings)}.json"
+        key, reason = _cache_key_or_reason(item, base, settings)
+        if reason is not None:
+            failed[index] = reason
+            continue
+        cache_path = base / CACHE / f"{key}.json"
         if cache_path.is_file():
             cached = json.loads(cache_path.read_text(encoding="utf-8"))
             if cached.get("features") == list(FEATURES):
@@ -117,20 +146,24 @@ def write_radiomics_targets(
     with tqdm(total=len(tasks), desc="radiomics", unit="img", disable=not progress) as bar:
         if workers > 1 and len(tasks) > 1:
             with ProcessPoolExecutor(workers) as pool:
-                for index, values in zip(
-                    pending, pool.map(_compute, tasks, chunksize=2), strict=True
-                ):
-                    raw[index] = values
+                results = pool.map(_compute, tasks, chunksize=2)
+                for index, values in zip(pending, results, strict=True):
+                    _record(index, values, raw, failed)
                     bar.update(1)
         else:
             for index, task in zip(pending, tasks, strict=True):
-                raw[index] = _compute(task)
+                _record(index, _compute(task), raw, failed)
                 bar.update(1)
+    for index in failed:
+        raw[index] = [None] * len(FEATURES)
+    failures = [(str(items[i].get(keys.CASE_ID, i)), failed[i]) for i in sorted(failed)]
+    rejected_path = _write_rejected(base / REJECTED_FILE, failures)
     training_count = len(datalist["training"])
     fit_on = [
         raw[i]
         for i in range(training_count)
         if items[i].get(keys.LABEL)
+        and i not in failed
         and (exclude_fold is None or items[i].get(keys.FOLD) != exclude_fold)
     ]
     if not fit_on:
@@ -158,4 +191,27 @@ def write_radiomics_targets(
         "feature_set_version": FEATURE_SET_VERSION,
     }
     write_json_atomic(path, datalist)
-    return TargetsSummary(len(items), len(tasks), cached_count, stats_path)
+    computed = len(tasks) - sum(1 for i in pending if i in failed)
+    return TargetsSummary(len(items), computed, cached_count, stats_path, failures, rejected_path)
+
+
+def _record(
+    index: int,
+    result: list[float | None] | str,
+    raw: dict[int, list[float | None]],
+    failed: dict[int, str],
+) -> None:
+    if isinstance(result, str):
+        failed[index] = result
+    else:
+        raw[index] = result
+
+
+def _write_rejected(path: Path, failures: list[tuple[str, str]]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case_id", "reason"])
+    writer.writerows(failures)
+    with atomic_path(path) as temporary:
+        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+    return path

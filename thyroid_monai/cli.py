@@ -9,19 +9,28 @@ Subcommands:
     sync    replay tracking records kept locally while the MLflow server was unreachable
     register  register the model of a run whose registration a tracking outage postponed
     infer   run a trained model on images: mask, overlay, DICOM SEG and a clinical report
+
+Exit status: 0 when everything was processed; 1 when a file was rejected or failed (the run still
+goes on and writes its summary: rejected.csv, manifest.json, summary.json), or when nothing was
+produced; 2 for a user error (a missing path, an impossible option value, too few patients for
+the folds, zero epochs), reported as one line and checked before anything is written. Messages
+never print the value of a DICOM element; an unexpected error is reported as one line too (set
+THYROID_MONAI_DEBUG=1 for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from thyroid_monai.tirads import ACR_LEVELS
 
@@ -30,18 +39,121 @@ if TYPE_CHECKING:  # heavy imports happen inside the subcommands, so `--help` st
     from thyroid_monai.synthetic import PhantomConfig
 
 SALT_VARIABLE = "THYROID_MONAI_DEID_SALT"
+DEBUG_VARIABLE = "THYROID_MONAI_DEBUG"
 DEMO_SALT = "thyroid-monai-demo"
 """Salt of the demo's de-identification (fake patients only; real data needs a secret salt)."""
+
+
+class UsageError(SystemExit):
+    """A user error: printed as one line when raised, exit status 2 (``str()`` is the message)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+        print(f"thyroid-monai: {message}", file=sys.stderr)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def usage_error(message: str) -> NoReturn:
+    """Ends the command with ``message`` on one line and exit status 2."""
+    raise UsageError(message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    """A number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def _existing(kind: str) -> Callable[[str], Path]:
+    """A path that must exist: ``"folder"``, ``"file"`` or ``"path"`` (either)."""
+
+    def parse(text: str) -> Path:
+        path = Path(text)
+        exists = {"folder": path.is_dir, "file": path.is_file, "path": path.exists}[kind]()
+        if not exists:
+            raise argparse.ArgumentTypeError(f"{kind} not found: {path}")
+        return path
+
+    parse.__name__ = f"existing {kind}"
+    return parse
+
+
+def _frames(text: str) -> str:
+    """A frame policy (checked here, parsed by the command)."""
+    from thyroid_monai.io.dicom import parse_frame_policy
+
+    try:
+        policy = parse_frame_policy(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if isinstance(policy, int) and policy < 1:
+        raise argparse.ArgumentTypeError(f"frame numbers start at 1, got {policy}")
+    return text
+
+
+def _region(text: str) -> str:
+    """``largest`` or a region index >= 0."""
+    if text != "largest" and not (text.isdigit()):
+        raise argparse.ArgumentTypeError(f"use 'largest' or a region index (0, 1...), got {text!r}")
+    return text
 
 
 def _class_mix(text: str) -> str | dict[str, float]:
     """``uniform``/``clinical`` or ``TR1=1,TR2=1,...``."""
     if "=" not in text:
+        if text not in ("uniform", "clinical"):
+            raise argparse.ArgumentTypeError(
+                f"use uniform, clinical or weights like TR1=1,TR2=2, got {text!r}"
+            )
         return text
     mix = {}
     for part in text.split(","):
         level, _, weight = part.partition("=")
-        mix[level.strip().upper()] = float(weight)
+        try:
+            mix[level.strip().upper()] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"weight of {level!r} is not a number") from None
     return mix
 
 
@@ -53,8 +165,12 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
         "level and simulated readers; write NIfTI images and masks and a MONAI datalist.",
     )
     parser.add_argument("--out", type=Path, help="output folder for the dataset")
-    parser.add_argument("--n", type=int, default=200, help="number of images (default 200)")
-    parser.add_argument("--readers", type=int, default=3, help="simulated readers per image")
+    parser.add_argument(
+        "--n", type=_at_least(1), default=200, help="number of images (default 200)"
+    )
+    parser.add_argument(
+        "--readers", type=_at_least(1), default=3, help="simulated readers per image"
+    )
     parser.add_argument(
         "--variability",
         default="moderate",
@@ -69,13 +185,19 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
         help="'uniform', 'clinical' or weights like TR1=1,TR2=2,... "
         f"(levels {', '.join(ACR_LEVELS)})",
     )
-    parser.add_argument("--images-per-patient", type=int, default=2, help="views of each nodule")
-    parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("ROWS", "COLS"))
-    parser.add_argument("--folds", type=int, default=5, help="patient-level folds")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out patients")
-    parser.add_argument("--workers", type=int, default=1, help="rendering processes")
+    parser.add_argument(
+        "--images-per-patient", type=_at_least(1), default=2, help="views of each nodule"
+    )
+    parser.add_argument(
+        "--size", type=_at_least(16), nargs=2, default=[256, 256], metavar=("ROWS", "COLS")
+    )
+    parser.add_argument("--folds", type=_at_least(2), default=5, help="patient-level folds")
+    parser.add_argument("--test-fraction", type=_fraction, default=0.2, help="held-out patients")
+    parser.add_argument("--workers", type=_at_least(1), default=1, help="rendering processes")
     parser.add_argument("--preview", type=Path, help="write a labelled PNG grid with contours")
-    parser.add_argument("--preview-count", type=int, default=16, help="images in the preview")
+    parser.add_argument(
+        "--preview-count", type=_at_least(1), default=16, help="images in the preview"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(handler=_run_synth)
 
@@ -94,13 +216,22 @@ def _phantom_config(args: argparse.Namespace) -> PhantomConfig:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from data_prep.phantom import write_phantom_dataset
+    from data_prep.phantom import phantom_patients, write_phantom_dataset
+    from data_prep.splits import check_fold_capacity
     from thyroid_monai.synthetic import Phantom, save_preview_grid
 
     if args.out is None and args.preview is None:
         print("synth: give --out DIR (dataset) and/or --preview PNG", file=sys.stderr)
         return 2
-    config = _phantom_config(args)
+    try:
+        config = _phantom_config(args)
+    except ValueError as error:  # a class mix naming no level, weights that sum to nothing...
+        usage_error(f"synth: {error}")
+    if args.out is not None:
+        try:
+            check_fold_capacity(phantom_patients(args.n, config), args.folds, args.test_fraction)
+        except ValueError as error:
+            usage_error(f"synth: --n {args.n} gives {error}")
     if args.preview is not None:
         count = min(args.preview_count, args.n)
         path = save_preview_grid(list(Phantom(config).cases(count)), args.preview)
@@ -122,15 +253,18 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _split_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--in", dest="input", type=Path, required=True, help="source folder")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--folds", type=int, default=5, help="patient-level folds")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out patients")
     parser.add_argument(
-        "--test-list", type=Path, help="file of case IDs to hold out (one per line) instead"
+        "--in", dest="input", type=_existing("path"), required=True, help="source folder"
     )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--folds", type=_at_least(2), default=5, help="patient-level folds")
+    parser.add_argument("--test-fraction", type=_fraction, default=0.2, help="held-out patients")
+    parser.add_argument(
+        "--test-list", type=_existing("file"),
+        help="file of case IDs to hold out (one per line) instead",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1, help="conversion processes")
+    parser.add_argument("--workers", type=_at_least(1), default=1, help="conversion processes")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -145,13 +279,20 @@ def _add_prep(subparsers: argparse._SubParsersAction) -> None:
     sources = parser.add_subparsers(dest="source", required=True)
     dicom = sources.add_parser("dicom", help="a tree of ultrasound DICOM exports")
     _split_arguments(dicom)
-    dicom.add_argument("--masks", type=Path, help="folder of PNG masks (DICOM SEG: in the tree)")
-    dicom.add_argument("--labels", type=Path, help="labels CSV keyed by file or sop_instance_uid")
+    dicom.add_argument(
+        "--masks", type=_existing("folder"), help="folder of PNG masks (DICOM SEG: in the tree)"
+    )
+    dicom.add_argument(
+        "--labels", type=_existing("file"), help="labels CSV keyed by file or sop_instance_uid"
+    )
     dicom.add_argument("--scheme", choices=["acr", "kwak"], default="acr", help="label scheme")
     dicom.add_argument(
-        "--frames", default="middle", help="cine frames to keep: all, middle, first or a number"
+        "--frames", type=_frames, default="middle",
+        help="cine frames to keep: all, middle, first or a number",
+    )  # fmt: skip
+    dicom.add_argument(
+        "--region", type=_region, default="largest", help="largest or the n-th 2D region"
     )
-    dicom.add_argument("--region", default="largest", help="largest or the n-th 2D region")
     dicom.add_argument("--salt", help=f"de-identification salt (default: ${SALT_VARIABLE})")
     dicom.add_argument("--no-deid", action="store_true", help="keep identities (not advised)")
     dicom.add_argument(
@@ -161,11 +302,12 @@ def _add_prep(subparsers: argparse._SubParsersAction) -> None:
     dicom.set_defaults(handler=_run_prep, discover=_discover_dicom)
     _add_dataset_sources(sources)
     targets = sources.add_parser("targets", help="radiomics targets for a datalist")
-    targets.add_argument("--datalist", type=Path, required=True)
-    targets.add_argument("--workers", type=int, default=1, help="processes")
+    targets.add_argument("--datalist", type=_existing("file"), required=True)
+    targets.add_argument("--workers", type=_at_least(1), default=1, help="processes")
     targets.add_argument(
-        "--exclude-fold", type=int, help="also leave this validation fold out of the statistics"
-    )
+        "--exclude-fold", type=_at_least(0),
+        help="also leave this validation fold out of the statistics",
+    )  # fmt: skip
     targets.add_argument("--no-progress", action="store_true", help="hide progress bars")
     targets.set_defaults(handler=_run_targets)
 
@@ -187,14 +329,16 @@ def _add_dataset_sources(sources: argparse._SubParsersAction) -> None:
     tn3k.set_defaults(handler=_run_prep, discover=_discover_tn3k)
     stanford = sources.add_parser("stanford-cine", help="Stanford AIMI thyroid cine clips (HDF5)")
     _split_arguments(stanford)
-    stanford.add_argument("--frames", default="middle", help="all, middle, first or a frame")
-    stanford.add_argument("--frame-stride", type=int, default=1, help="with --frames all")
+    stanford.add_argument(
+        "--frames", type=_frames, default="middle", help="all, middle, first or a frame"
+    )
+    stanford.add_argument("--frame-stride", type=_at_least(1), default=1, help="with --frames all")
     stanford.set_defaults(handler=_run_prep, discover=_discover_stanford)
     folder = sources.add_parser("folder", help="images/, masks/ and a labels CSV")
     _split_arguments(folder)
     folder.add_argument("--images", default="images", help="images subfolder of --in")
     folder.add_argument("--masks", default="masks", help="masks subfolder (same file stems)")
-    folder.add_argument("--labels", type=Path, help="labels CSV keyed by 'image'")
+    folder.add_argument("--labels", type=_existing("file"), help="labels CSV keyed by 'image'")
     folder.add_argument("--scheme", choices=["acr", "kwak"], default="acr", help="label scheme")
     folder.set_defaults(handler=_run_prep, discover=_discover_folder)
 
@@ -284,7 +428,7 @@ def _deid_options(args: argparse.Namespace) -> object | None:
         return None
     salt = args.salt or os.environ.get(SALT_VARIABLE)
     if not salt:
-        raise SystemExit(
+        usage_error(
             f"prep dicom: de-identification needs a secret salt: --salt or ${SALT_VARIABLE} "
             "(the same salt gives the same pseudonyms and UIDs on every run)"
         )
@@ -343,31 +487,44 @@ def _run_prep(args: argparse.Namespace) -> int:
     try:
         result = convert_source(args)
     except (ValueError, FileNotFoundError) as error:  # bad input or settings, named in the text
-        print(f"prep {args.source}: {error}", file=sys.stderr)
+        print(f"prep {args.source}: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    failed = len(result.failed)
     print(
         f"prep {args.source}: {result.samples} images from {result.converted} new and "
-        f"{result.reused} reused cases; {len(result.rejected)} rejected "
-        f"(see {args.out / 'rejected.csv'})"
+        f"{result.reused} reused cases; {len(result.rejected)} rejected, {failed} of them "
+        f"failures (see {args.out / 'rejected.csv'})"
     )
     if not result.ok:
         print(f"prep {args.source}: nothing converted", file=sys.stderr)
         return 1
     print(f"datalist: {result.datalist}")
+    if failed:
+        print(f"prep {args.source}: {failed} files failed (see rejected.csv)", file=sys.stderr)
+        return 1
     return 0
 
 
 def _run_targets(args: argparse.Namespace) -> int:
     from data_prep.targets import write_radiomics_targets
 
-    summary = write_radiomics_targets(
-        args.datalist, workers=args.workers, exclude_fold=args.exclude_fold,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    try:
+        summary = write_radiomics_targets(
+            args.datalist, workers=args.workers, exclude_fold=args.exclude_fold,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    except ValueError as error:  # an unusable datalist or nothing to fit on, named in the text
+        print(f"prep targets: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     print(
         f"prep targets: {summary.items} items, {summary.computed} computed, "
-        f"{summary.cached} from the cache; statistics in {summary.stats_path}"
+        f"{summary.cached} from the cache, {len(summary.failed)} failed; statistics in "
+        f"{summary.stats_path}"
     )
+    if summary.failed:
+        print(f"prep targets: {len(summary.failed)} items failed (see {summary.rejected_path})",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -378,10 +535,10 @@ def _add_audit(subparsers: argparse._SubParsersAction) -> None:
         description="Check every DICOM file (PS3.15 basic profile, private tags, overlays, "
         "pixels outside the ultrasound regions) and NIfTI header under a folder.",
     )
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=_existing("folder"))
     parser.add_argument(
         "--against",
-        type=Path,
+        type=_existing("folder"),
         help="the DICOM source the folder was made from: every file under the folder (any "
         "format) must hold none of its patient names, IDs and institutions",
     )
@@ -389,10 +546,15 @@ def _add_audit(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from data_prep.audit import audit_folder, source_identifiers
+    from data_prep.audit import SourceIdentifiers, audit_folder, read_source_identifiers
 
-    identifiers = source_identifiers(args.against) if args.against else []
+    found = read_source_identifiers(args.against) if args.against else SourceIdentifiers([], [])
+    identifiers, unreadable = found.values, found.unreadable
     report = audit_folder(args.folder, identifiers)
+    report.problems.extend(
+        f"source {path}: {reason}; its identifiers were not searched for"
+        for path, reason in unreadable
+    )
     for problem in report.problems:
         print(problem)
     checked = f"{report.dicom_files} DICOM and {report.nifti_files} NIfTI files"
@@ -417,12 +579,12 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
     # 600 images at 64 px for 12 epochs learn the level in about the time 240 images at 128 px
     # took for 10 epochs (docs/level.md: data size matters more than resolution on a CPU budget)
-    parser.add_argument("--n", type=int, default=600, help="phantom images")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--image-size", type=int, default=64, help="network input size")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--n", type=_at_least(1), default=600, help="phantom images")
+    parser.add_argument("--epochs", type=_at_least(1), default=12)
+    parser.add_argument("--image-size", type=_at_least(16), default=64, help="network input size")
+    parser.add_argument("--batch-size", type=_at_least(1), default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="conversion processes")
+    parser.add_argument("--workers", type=_at_least(1), default=2, help="conversion processes")
     parser.set_defaults(handler=_run_demo)
 
 
@@ -459,9 +621,15 @@ def _prepare_demo_data(run_dir: Path, count: int, config: PhantomConfig, workers
 def _run_demo(args: argparse.Namespace) -> int:
     import mlflow
 
+    from data_prep.phantom import phantom_patients
+    from data_prep.splits import check_fold_capacity
     from thyroid_monai.synthetic import PhantomConfig
     from thyroid_monai.workflows import read_metrics_csv, run_bundle, sqlite_uri, tracking_store
 
+    try:
+        check_fold_capacity(phantom_patients(args.n, PhantomConfig(seed=args.seed)), 5, 0.2)
+    except ValueError as error:
+        usage_error(f"demo: --n {args.n} gives {error}")
     started = time.perf_counter()
     run_dir: Path = args.out
     print(f"[1/4] phantom: {args.n} images, 3 readers -> DICOM export with fake identities")
@@ -531,7 +699,9 @@ def _add_sync(subparsers: argparse._SubParsersAction) -> None:
         description="Replay the runs of an offline tracking store (written while the MLflow "
         "server was unreachable) onto the server. Safe to run twice: nothing is duplicated.",
     )
-    parser.add_argument("store", type=Path, help="the fallback folder, e.g. runs/x/eval/offline")
+    parser.add_argument(
+        "store", type=_existing("folder"), help="the fallback folder, e.g. runs/x/eval/offline"
+    )
     parser.add_argument("--to", help="tracking server URI (default: the one recorded, then env)")
     parser.set_defaults(handler=_run_sync)
 
@@ -554,7 +724,9 @@ def _add_register(subparsers: argparse._SubParsersAction) -> None:
         "was postponed because the MLflow server was unreachable (eval/registration_pending.json)."
         " The champion alias moves to the new version only if it beats the champion.",
     )
-    parser.add_argument("run_dir", type=Path, help="the run folder (bundle_root), e.g. runs/x")
+    parser.add_argument(
+        "run_dir", type=_existing("folder"), help="the run folder (bundle_root), e.g. runs/x"
+    )
     parser.add_argument("--to", help="tracking server URI (default: the one the run used)")
     parser.set_defaults(handler=_run_register)
 
@@ -580,7 +752,9 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
         "--model", required=True,
         help="bundle run folder, checkpoint (.pt), TorchScript file, or models:/ or runs:/ URI",
     )  # fmt: skip
-    parser.add_argument("--in", dest="input", type=Path, required=True, help="file or folder")
+    parser.add_argument(
+        "--in", dest="input", type=_existing("path"), required=True, help="file or folder"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--trust-model", action="store_true",
@@ -598,8 +772,10 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--salt", help=f"de-identification salt (default: ${SALT_VARIABLE}, else a random one)"
     )
-    parser.add_argument("--threshold", type=float, default=0.5, help="mask probability")
-    parser.add_argument("--frames", default="middle", help="cine frame: middle, first or a number")
+    parser.add_argument("--threshold", type=_probability, default=0.5, help="mask probability")
+    parser.add_argument(
+        "--frames", type=_frames, default="middle", help="cine frame: middle, first or a number"
+    )
     parser.add_argument("--no-segmentation", action="store_true", help="no DICOM SEG output")
     parser.add_argument(
         "--foci-from-bright-spots", action="store_true",
@@ -659,7 +835,7 @@ def _run_infer(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``thyroid-monai``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="thyroid-monai",
         description="MONAI-based thyroid ultrasound pipeline: nodule mask and ACR TI-RADS level.",
     )
@@ -674,10 +850,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_pydicom() -> None:
+    """Silences pydicom's warnings and log records.
+
+    pydicom warns with the offending value ("Invalid value for VR DA: '...'"): patient data on the
+    terminal. The commands report every file's problem themselves.
+    """
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``thyroid-monai`` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    _quiet_pydicom()
+    if os.environ.get(DEBUG_VARIABLE):
+        return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except Exception as error:  # a traceback could print element values; one line instead
+        from thyroid_monai.io.errors import safe_reason
+
+        print(
+            f"thyroid-monai {args.command}: failed ({safe_reason(error)}); set "
+            f"{DEBUG_VARIABLE}=1 for the traceback",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

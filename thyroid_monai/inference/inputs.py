@@ -28,6 +28,7 @@ from thyroid_monai.io.dicom import (
     read_dataset,
     read_ultrasound,
 )
+from thyroid_monai.io.errors import SafeMessageError, safe_reason
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -36,7 +37,7 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 PICTURE_MODES = ("L", "RGB", "RGBA", "P", "LA")
 
 
-class InputError(ValueError):
+class InputError(SafeMessageError):
     """An input file that cannot be used (the message names it and the problem)."""
 
 
@@ -139,7 +140,7 @@ def _read_nifti(path: Path) -> InputImage:
     except ValueError as error:
         raise InputError(str(error)) from None
     except Exception as error:  # nibabel raises many kinds of error for damaged files
-        raise InputError(f"{path}: not a readable NIfTI file ({error})") from None
+        raise InputError(f"{path}: not a readable NIfTI file ({safe_reason(error)})") from None
     if not np.issubdtype(image.dtype, np.number):
         raise InputError(f"{path}: NIfTI data type {image.dtype} is not numeric")
     return InputImage(
@@ -160,7 +161,9 @@ def _read_picture(path: Path, kind: str) -> InputImage:
                 )
             gray = np.asarray(picture.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise InputError(f"{path}: not a readable {kind.upper()} image ({error})") from None
+        raise InputError(
+            f"{path}: not a readable {kind.upper()} image ({safe_reason(error)})"
+        ) from None
     return InputImage(path, kind, gray, None, None, dicom=None)
 
 

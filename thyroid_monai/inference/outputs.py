@@ -14,6 +14,7 @@ without plane positions for single frames only.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 from pathlib import Path
@@ -21,10 +22,20 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, DT, TM
 from scipy import ndimage
 
 from thyroid_monai.io.deid import DeidentificationOptions, deidentify
+from thyroid_monai.io.dicom import (
+    US_IMAGE_STORAGE,
+    US_IMAGE_STORAGE_RETIRED,
+    US_MULTIFRAME_IMAGE_STORAGE,
+    US_MULTIFRAME_IMAGE_STORAGE_RETIRED,
+    frame_count,
+    is_valid_uid,
+)
 from thyroid_monai.io.files import atomic_path
 from thyroid_monai.io.nifti import write_nifti_2d
 
@@ -72,11 +83,19 @@ def segmentation_unsupported(source: Dataset) -> str | None:
     """Why no DICOM SEG can be written for ``source`` (``None`` when one can).
 
     highdicom writes a SEG of an image without plane positions (ultrasound) only for a single
-    frame: a cine's mask cannot say which frame it belongs to.
+    frame: a cine's mask cannot say which frame it belongs to. A SEG references its source's
+    study, series and instance, so those UIDs must be valid.
     """
-    frames = int(source.get("NumberOfFrames", 1) or 1)
+    frames = frame_count(source)
     if frames > 1:
         return f"no DICOM SEG: the source is a {frames}-frame cine (single-frame sources only)"
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        try:
+            valid = is_valid_uid(source.get(keyword))
+        except Exception:  # an unknown VR or a damaged value: not a UID to reference
+            valid = False
+        if not valid:
+            return f"no DICOM SEG: the source has no valid {keyword} for the SEG to reference"
     return None
 
 
@@ -147,8 +166,9 @@ def nodule_segmentation(
     """
     import highdicom as hd
 
-    return hd.seg.Segmentation(
-        source_images=[source],
+    prepared, retired = _seg_source(source)
+    segmentation = hd.seg.Segmentation(
+        source_images=[prepared],
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[nodule_segment_description(algorithm)],
@@ -162,6 +182,75 @@ def nodule_segmentation(
         device_serial_number="0",
         omit_empty_frames=False,  # an empty mask is a result too
     )
+    if retired is not None:
+        _restore_sop_class(segmentation, prepared.SOPClassUID, retired)
+    return segmentation
+
+
+SEG_TYPE2_ATTRIBUTES = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "StudyID", "AccessionNumber", "ReferringPhysicianName",
+)  # fmt: skip
+"""Type 2 attributes highdicom copies from the source (present, possibly empty, in a valid file;
+often absent in exports anonymised elsewhere)."""
+
+RETIRED_TO_CURRENT = {US_IMAGE_STORAGE_RETIRED: US_IMAGE_STORAGE}
+"""The retired single-frame ultrasound class and the current class with the same modules."""
+
+
+def _seg_source(source: Dataset) -> tuple[Dataset, str | None]:
+    """A copy of ``source`` that highdicom accepts, and the class it replaced (if any).
+
+    highdicom looks the source's SOP class up in its IOD table (which lacks the retired
+    ultrasound classes), reads the type 2 patient and study attributes as Python attributes (an
+    absent one raises) and parses dates and times (a damaged one raises), and takes a multi-frame
+    class for an enhanced image with functional groups. The copy therefore carries the current
+    single-frame class (only single frames get a SEG), the class from the file meta when the
+    dataset has none, and an empty value for each absent or damaged type 2 attribute; the SEG's
+    references get the source's own class back afterwards (:func:`_restore_sop_class`).
+    """
+    prepared = copy.deepcopy(source)  # pixel bytes are shared, not copied (immutable)
+    for keyword in SEG_TYPE2_ATTRIBUTES:
+        if keyword not in prepared or not _usable(prepared, keyword):
+            setattr(prepared, keyword, "")
+    sop_class = str(prepared.get("SOPClassUID", "") or "")
+    if not sop_class:  # the reader took the class from the file meta; so does the SEG
+        sop_class = str(source.file_meta.get("MediaStorageSOPClassUID", ""))
+        prepared.SOPClassUID = sop_class
+    if sop_class in (US_MULTIFRAME_IMAGE_STORAGE, US_MULTIFRAME_IMAGE_STORAGE_RETIRED):
+        # Only single frames get a SEG: highdicom takes a multi-frame class for an enhanced
+        # image with functional groups, so it is shown the single-frame class instead.
+        prepared.SOPClassUID = US_IMAGE_STORAGE
+        return prepared, sop_class
+    if sop_class in RETIRED_TO_CURRENT:
+        prepared.SOPClassUID = RETIRED_TO_CURRENT[sop_class]
+        return prepared, sop_class
+    return prepared, None
+
+
+_VALUE_CLASSES = {"DA": DA, "TM": TM, "DT": DT}
+
+
+def _usable(dataset: Dataset, keyword: str) -> bool:
+    """Whether an attribute has its dictionary VR and a value highdicom can parse."""
+    try:
+        element = dataset[keyword]
+        if dictionary_VR(element.tag) != element.VR:
+            return False
+        value = element.value
+        parse = _VALUE_CLASSES.get(element.VR)
+        if parse is not None and value not in (None, ""):
+            parse(value)
+        return True
+    except Exception:  # a damaged value: the SEG gets the attribute empty
+        return False
+
+
+def _restore_sop_class(dataset: Dataset, current: str, retired: str) -> None:
+    """Every ``ReferencedSOPClassUID`` equal to ``current`` becomes ``retired`` again."""
+    for element in dataset.iterall():
+        if element.keyword == "ReferencedSOPClassUID" and str(element.value) == str(current):
+            element.value = retired
 
 
 def nodule_segment_description(algorithm: Any = None) -> Any:
@@ -196,6 +285,47 @@ def _reread(dataset: Dataset) -> Dataset:
     return pydicom.dcmread(buffer)
 
 
+def dicom_outputs(
+    source: Dataset,
+    mask: np.ndarray,
+    crop: tuple[int, int, int, int],
+    *,
+    deid: DeidentificationOptions | None,
+    software_version: str,
+    deidentified_source: Dataset | None = None,
+) -> tuple[Dataset, Dataset | None]:
+    """The SEG (and, when de-identifying, the de-identified source it references), in memory.
+
+    Args:
+        source: The original header and pixels.
+        mask: The cropped mask.
+        crop: Where the crop lies in the source's frame.
+        deid: De-identification, or ``None`` to keep identities (then no source copy).
+        software_version: Recorded in the SEG.
+        deidentified_source: ``deidentify(source, deid)`` when the caller already made it.
+
+    Returns:
+        The SEG and the de-identified source (``None`` without de-identification).
+    """
+    segmentation = build_segmentation(source, mask, crop, software_version=software_version)
+    if deid is None:
+        return segmentation, None
+    # highdicom shares some items between sequences; de-identification would then remap
+    # their UIDs twice. A round trip through bytes gives every item its own object.
+    segmentation = _reread(segmentation)
+    # The SEG's pixels are the mask: no burned-in text to clean, so no pixel cleaning.
+    segmentation = deidentify(segmentation, dataclasses.replace(deid, clean_pixel_data=False))
+    clean = deidentified_source if deidentified_source is not None else deidentify(source, deid)
+    return segmentation, clean
+
+
+def write_dicom(path: Path, dataset: Dataset) -> Path:
+    """Writes a DICOM Part 10 file atomically."""
+    with atomic_path(path) as temporary:
+        dataset.save_as(temporary, enforce_file_format=True)
+    return path
+
+
 def write_dicom_outputs(
     folder: Path,
     source: Dataset,
@@ -209,20 +339,15 @@ def write_dicom_outputs(
 ) -> tuple[str, str | None]:
     """Writes the SEG (and, when de-identifying, the de-identified source it references).
 
+    Both are built before either is written, so a failure leaves neither.
+
     Returns:
         The SEG's file name and the source copy's file name (``None`` without de-identification).
     """
-    segmentation = build_segmentation(source, mask, crop, software_version=software_version)
-    source_written = None
-    if deid is not None:
-        # highdicom shares some items between sequences; de-identification would then remap
-        # their UIDs twice. A round trip through bytes gives every item its own object.
-        segmentation = _reread(segmentation)
-        # The SEG's pixels are the mask: no burned-in text to clean, so no pixel cleaning.
-        segmentation = deidentify(segmentation, dataclasses.replace(deid, clean_pixel_data=False))
-        with atomic_path(folder / source_name) as temporary:
-            deidentify(source, deid).save_as(temporary, enforce_file_format=True)
-        source_written = source_name
-    with atomic_path(folder / segmentation_name) as temporary:
-        segmentation.save_as(temporary, enforce_file_format=True)
-    return segmentation_name, source_written
+    segmentation, clean = dicom_outputs(
+        source, mask, crop, deid=deid, software_version=software_version
+    )
+    if clean is not None:
+        write_dicom(folder / source_name, clean)
+    write_dicom(folder / segmentation_name, segmentation)
+    return segmentation_name, source_name if clean is not None else None

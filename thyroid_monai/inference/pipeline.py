@@ -18,16 +18,19 @@ and the others still run.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from thyroid_monai.inference.descriptors import (
     DescriptorAssessment,
@@ -36,7 +39,6 @@ from thyroid_monai.inference.descriptors import (
     estimate_descriptors,
 )
 from thyroid_monai.inference.inputs import (
-    InputError,
     InputImage,
     NotAnImageError,
     discover_inputs,
@@ -45,8 +47,9 @@ from thyroid_monai.inference.inputs import (
 from thyroid_monai.inference.measurements import largest_component, measure_nodule
 from thyroid_monai.inference.model import InferenceModel, Prediction
 from thyroid_monai.inference.outputs import (
+    dicom_outputs,
     segmentation_unsupported,
-    write_dicom_outputs,
+    write_dicom,
     write_mask,
     write_overlay,
 )
@@ -56,9 +59,15 @@ from thyroid_monai.inference.report import (
     level_section,
     recommendation_section,
 )
-from thyroid_monai.io.deid import DeidentificationError, DeidentificationOptions
+from thyroid_monai.io.deid import (
+    DeidentificationOptions,
+    blank_outside_image_regions,
+    deidentify,
+    is_dicom_file,
+)
 from thyroid_monai.io.dicom import FramePolicy
-from thyroid_monai.io.files import write_json_atomic
+from thyroid_monai.io.errors import safe_reason
+from thyroid_monai.io.files import atomic_folder, write_json_atomic
 from thyroid_monai.tirads import LabelGrouping
 
 SALT_VARIABLE = "THYROID_MONAI_DEID_SALT"
@@ -117,6 +126,11 @@ class InferenceSummary:
     written: list[dict[str, Any]] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    rejected: list[tuple[Path, str, str]] = field(default_factory=list)
+    """``(path, stage, reason)`` of every failed file."""
+    files: list[dict[str, Any]] = field(default_factory=list)
+    """Every file's outcome in ``summary.json``: input (``None`` when hidden), case, outcome
+    (written, failed, skipped), stage and reason."""
 
     @property
     def ok(self) -> bool:
@@ -255,6 +269,33 @@ def build_report(
     return report, mask
 
 
+class CaseFailure(Exception):
+    """One input that could not be processed: the stage that failed and a value-free reason."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+@contextlib.contextmanager
+def _stage(name: str, path: Path | None = None) -> Iterator[None]:
+    """Turns any failure inside into a :class:`CaseFailure` of stage ``name``.
+
+    Messages of the project's own errors are kept (minus the file name, which the caller adds);
+    foreign ones are reduced by :func:`thyroid_monai.io.errors.safe_reason`.
+    """
+    try:
+        yield
+    except CaseFailure:
+        raise
+    except Exception as error:  # one file's failure, whatever its type, must not end the run
+        reason = safe_reason(error)
+        if path is not None:
+            reason = reason.removeprefix(f"{path}: ")
+        raise CaseFailure(name, reason) from None
+
+
 def infer_image(
     model: InferenceModel,
     image: InputImage,
@@ -267,37 +308,67 @@ def infer_image(
 ) -> dict[str, Any]:
     """Runs the model on one image and writes its outputs into ``out_dir / name``.
 
+    Order: de-identify (DICOM inputs), predict, build every output in memory, then write the case
+    folder at once (:func:`thyroid_monai.io.files.atomic_folder`). No picture of a DICOM source
+    exists before it is de-identified, and a failure at any stage leaves no case folder.
+
     Returns:
         The report written.
+
+    Raises:
+        CaseFailure: Naming the stage that failed and why.
     """
-    prediction = model.predict(image.image)
-    if prediction.nodule_probability is None:
-        thresholded = np.zeros(image.image.shape, dtype=bool)
-    else:
-        thresholded = prediction.nodule_probability >= settings.threshold
-    report, mask = build_report(
-        image, thresholded, prediction, model.describe(), model.grouping, name=name,
-        relative_input=relative_input, deidentified=image.kind == "dicom" and deid is not None,
-        settings=settings,
-    )  # fmt: skip
-    folder = out_dir / name
+    dicom = image.dicom
+    source = dicom.dataset if dicom is not None else None
+    clean_source = None
+    if source is not None and dicom is not None and deid is not None:
+        with _stage("deidentify", image.path):
+            clean_source = deidentify(source, deid)
+            pixels = blank_outside_image_regions(image.image, source, dicom.crop)
+            image = dataclasses.replace(image, image=pixels)
+    with _stage("predict", image.path):
+        prediction = model.predict(image.image)
+        if prediction.nodule_probability is None:
+            thresholded = np.zeros(image.image.shape, dtype=bool)
+        else:
+            thresholded = prediction.nodule_probability >= settings.threshold
+        report, mask = build_report(
+            image, thresholded, prediction, model.describe(), model.grouping, name=name,
+            relative_input=relative_input, deidentified=clean_source is not None,
+            settings=settings,
+        )  # fmt: skip
     outputs: dict[str, str | None] = {
         "mask": "mask.nii.gz", "overlay": "overlay.png", "report": "report.json",
         "segmentation": None, "source_dicom": None,
     }  # fmt: skip
-    write_mask(folder / "mask.nii.gz", mask, image.spacing_mm)
-    write_overlay(folder / "overlay.png", image.image, mask, _caption(report))
-    dicom = image.dicom
-    if settings.write_segmentation and dicom is not None and dicom.dataset is not None:
-        if (reason := segmentation_unsupported(dicom.dataset)) is not None:
+    dicom_files: dict[str, Dataset] = {}
+    if settings.write_segmentation and source is not None and dicom is not None:
+        with _stage("segmentation", image.path):
+            reason = segmentation_unsupported(source)
+        if reason is not None:
             report["warnings"].append(reason)
         else:
-            outputs["segmentation"], outputs["source_dicom"] = write_dicom_outputs(
-                folder, dicom.dataset, mask, dicom.crop, deid=deid,
-                software_version=_software_version(),
-            )  # fmt: skip
+            with _stage("segmentation", image.path):
+                segmentation, copy = dicom_outputs(
+                    source, mask, dicom.crop, deid=deid, software_version=_software_version(),
+                    deidentified_source=clean_source,
+                )  # fmt: skip
+            dicom_files["segmentation.dcm"] = segmentation
+            outputs["segmentation"] = "segmentation.dcm"
+            if copy is not None:
+                dicom_files["source.dcm"] = copy
+                outputs["source_dicom"] = "source.dcm"
     report["outputs"] = outputs
-    write_json_atomic(folder / "report.json", report)
+
+    def write(folder: Path) -> None:
+        write_mask(folder / "mask.nii.gz", mask, image.spacing_mm)
+        write_overlay(folder / "overlay.png", image.image, mask, _caption(report))
+        for file_name, dataset in dicom_files.items():
+            write_dicom(folder / file_name, dataset)
+        write_json_atomic(folder / "report.json", report)
+
+    with _stage("write", image.path):
+        atomic_folder(out_dir / name, write)
     return report
 
 
@@ -311,6 +382,11 @@ def run_inference(
     on_case: Callable[[Path, str | None, str | None], None] | None = None,
 ) -> InferenceSummary:
     """Infers on one file or every supported file under a folder.
+
+    Every file is isolated: whatever goes wrong with one (an unreadable file, a failed
+    de-identification, a model or writer error) is recorded with its stage and reason and the run
+    goes on. ``summary.json`` (every file's outcome) is written at the end whatever happened,
+    including an interruption.
 
     Args:
         model: The loaded model.
@@ -329,33 +405,86 @@ def run_inference(
     files: Sequence[Path] = discover_inputs(source, exclude=[out])
     summary = InferenceSummary()
     taken: set[str] = set()
-    for path in files:
-        name, error = None, None
+    try:
+        for path in files:
+            name, error = _infer_file(model, path, root, out, deid, settings, summary, taken)
+            if on_case is not None:
+                on_case(path, name, error)
+    finally:
+        _write_summary(out, model, summary)
+    return summary
+
+
+def _hidden(path: Path, deid: DeidentificationOptions | None) -> bool:
+    """Whether a path stays out of ``summary.json``: paths of DICOM files often name patients."""
+    if deid is None:
+        return False
+    return path.name.lower().endswith((".dcm", ".dicom")) or is_dicom_file(path)
+
+
+def _infer_file(
+    model: InferenceModel,
+    path: Path,
+    root: Path,
+    out: Path,
+    deid: DeidentificationOptions | None,
+    settings: InferenceSettings,
+    summary: InferenceSummary,
+    taken: set[str],
+) -> tuple[str | None, str | None]:
+    """One file, isolated: returns its case name and the printed error (``None`` if none)."""
+    relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    shown = None if _hidden(path, deid) else relative
+    index = len(summary.files)
+    name = None
+    try:
         try:
             image = read_input(path, frames=settings.frames)
-            name = case_name(image, root, deid)
-            base, count = name, 1
-            while name in taken:
-                count += 1
-                name = f"{base}-{count}"
-            taken.add(name)
-            hide = image.kind == "dicom" and deid is not None
-            relative = None if hide else path.relative_to(root).as_posix()
-            report = infer_image(
-                model, image, out, name=name, relative_input=relative, deid=deid,
-                settings=settings,
-            )  # fmt: skip
-            summary.written.append(
-                {"case": name, "input": relative, "level": report["tirads"]["level"],
-                 "recommendation": report["recommendation"]["action"]}
-            )  # fmt: skip
         except NotAnImageError as skipped:
             summary.skipped.append((path, str(skipped)))
-        except (InputError, DeidentificationError, ValueError) as failure:
-            error = str(failure) if str(path) in str(failure) else f"{path}: {failure}"
-            summary.failed.append((path, error))
-        if on_case is not None:
-            on_case(path, name, error)
+            summary.files.append({"index": index, "input": shown, "case": None,
+                                  "outcome": "skipped", "stage": "read",
+                                  "reason": _without(skipped, path)})  # fmt: skip
+            return None, None
+        except Exception as error:  # unreadable input of any kind
+            raise CaseFailure("read", _without(error, path)) from None
+        with _stage("read", path):
+            name = case_name(image, root, deid)
+        base, count = name, 1
+        while name in taken:
+            count += 1
+            name = f"{base}-{count}"
+        taken.add(name)
+        with _stage("infer", path):  # anything the stages above do not cover
+            report = infer_image(
+                model, image, out, name=name, relative_input=shown, deid=deid, settings=settings
+            )
+    except CaseFailure as failure:
+        printed = f"{path}: {failure.reason} (stage {failure.stage})"
+        summary.failed.append((path, printed))
+        summary.rejected.append((path, failure.stage, failure.reason))
+        summary.files.append({"index": index, "input": shown, "case": None, "outcome": "failed",
+                              "stage": failure.stage, "reason": failure.reason})  # fmt: skip
+        return None, printed
+    summary.written.append(
+        {"case": name, "input": shown, "level": report["tirads"]["level"],
+         "recommendation": report["recommendation"]["action"]}
+    )  # fmt: skip
+    summary.files.append({"index": index, "input": shown, "case": name, "outcome": "written",
+                          "stage": None, "reason": None})  # fmt: skip
+    return name, None
+
+
+def _without(error: BaseException, path: Path) -> str:
+    return safe_reason(error).removeprefix(f"{path}: ")
+
+
+def _write_summary(out: Path, model: InferenceModel, summary: InferenceSummary) -> None:
+    """Writes ``summary.json``: counts, the cases written and every file's outcome.
+
+    No DICOM path is written when de-identifying (exports are often filed by patient ID): such an
+    input is listed by its ``index`` in the sorted input list, and the terminal output names it.
+    """
     write_json_atomic(
         out / "summary.json",
         {
@@ -364,6 +493,6 @@ def run_inference(
             "written": summary.written,
             "failed": len(summary.failed),
             "skipped": len(summary.skipped),
+            "files": summary.files,
         },
     )
-    return summary

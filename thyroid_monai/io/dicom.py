@@ -12,6 +12,14 @@ carries rulers, presets and burned-in patient text. The Sequence of Ultrasound R
    unknown (``None``). Spacing is never assumed to be 1 mm;
 3. crop every frame to the region bounds (inclusive, as DICOM defines them).
 
+Before anything is decoded or allocated the reader checks what it derives from the header: the
+image size (1 to 65535 rows and columns), the number of frames (a whole number of at least 1,
+absent or empty meaning 1, and no more than the pixel data can hold: the byte length of native
+data, the fragment count of encapsulated data), native pixel data no longer than the header
+declares, every region's bounds (non-negative, inside the image, not inverted) and the spacing
+(:data:`SPACING_RANGE_MM`). A file that fails a check is rejected with the reason; messages name
+the file and the problem and never an element's value (:mod:`thyroid_monai.io.errors`).
+
 Colour is converted to grayscale: RGB (and YBR that a codec returns as RGB) by ITU-R BT.601 luma,
 YBR_FULL and YBR_FULL_422 by taking the Y channel (which is that luma), PALETTE COLOR through its
 lookup table, MONOCHROME1 by inverting. Samples wider than 8 bits are scaled to 8 bits by
@@ -26,6 +34,7 @@ names the syntax and the extra.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +43,12 @@ from typing import Any, Literal
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.uid import UID
+
+from thyroid_monai.io.errors import SafeMessageError, safe_reason
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTIFRAME_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -56,7 +68,18 @@ DICOM_EXTRA_HINT = "install the 'dicom' extra: pip install 'thyroid-monai[dicom]
 
 REGION_FORMAT_2D = 1
 REGION_DATA_TISSUE = 1
+IMAGE_REGION_FORMATS = frozenset({1, 2, 3})
+"""RegionSpatialFormat of image regions: 2D, M-mode, spectral (4 waveform, 5 graphics are not)."""
+IMAGE_DATA_TYPES = frozenset({1, 2, 3, 4})
+"""RegionDataType of image data: tissue, colour flow, PW and CW Doppler spectrum."""
 UNITS_CM = 3
+
+SPACING_RANGE_MM = (1e-3, 10.0)
+"""Plausible pixel sizes in mm: ultrasound pixels are tens of micrometres to about a millimetre;
+values outside (a denormal 5e-323, 1 m per pixel) are damage, and break NIfTI and radiomics."""
+
+MAX_IMAGE_SIDE = 65535
+"""Rows and Columns are US (unsigned 16-bit) values."""
 
 FramePolicy = Literal["all", "middle", "first"] | int
 """Which frames of a multi-frame image to keep: all, the middle one, the first, or a frame number
@@ -69,7 +92,7 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma weights, the same as the Y of DICOM's YBR_FULL."""
 
 
-class DicomReadError(ValueError):
+class DicomReadError(SafeMessageError):
     """A file that is not a readable ultrasound image; the message names the file and why."""
 
 
@@ -105,10 +128,14 @@ class UltrasoundRegion:
                 int(item.RegionLocationMaxX1),
                 int(item.RegionLocationMaxY1),
             )
-        except AttributeError as error:
-            raise ValueError(f"ultrasound region without its bounds ({error})") from None
+        except AttributeError:
+            raise ValueError("ultrasound region without its bounds") from None
+        except (TypeError, ValueError):
+            raise ValueError("ultrasound region with bounds that are not numbers") from None
+        if min(bounds) < 0:
+            raise ValueError("ultrasound region with negative bounds")
         if bounds[0] > bounds[2] or bounds[1] > bounds[3]:
-            raise ValueError(f"ultrasound region with inverted bounds {bounds}")
+            raise ValueError("ultrasound region with inverted bounds")
         return cls(
             bounds=bounds,
             spatial_format=int(item.get("RegionSpatialFormat", 0)),
@@ -142,9 +169,18 @@ class UltrasoundRegion:
         if self.units != (UNITS_CM, UNITS_CM):
             return None
         dx, dy = (abs(d) * 10.0 for d in self.delta)
-        if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
-            return None
+        if dx == 0 or dy == 0:
+            return None  # a zero delta is how some exports say "not calibrated"
         return (dx, dy)
+
+    @property
+    def is_image(self) -> bool:
+        """A region showing anatomy or flow, not graphics, traces or colour bars.
+
+        2D, M-mode or spectral regions of tissue, colour-flow or Doppler data. De-identification
+        keeps the pixels of these regions only.
+        """
+        return self.spatial_format in IMAGE_REGION_FORMATS and self.data_type in IMAGE_DATA_TYPES
 
 
 @dataclass(frozen=True)
@@ -207,15 +243,18 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
     except InvalidDicomError:
         raise _fail(path, "not a DICOM file (no 'DICM' preamble)") from None
     except (OSError, EOFError) as error:
-        raise _fail(path, f"cannot be read ({error})") from None
+        raise _fail(path, f"cannot be read ({safe_reason(error)})") from None
     except Exception as error:  # pydicom raises many types for damaged headers
-        raise _fail(path, f"damaged DICOM header ({type(error).__name__}: {error})") from None
+        raise _fail(path, f"damaged DICOM header ({safe_reason(error)})") from None
 
 
 def sop_class_name(uid: str) -> str:
-    """The registered name of a SOP Class UID, or the UID itself."""
+    """The registered name of a SOP Class UID, or ``"an unregistered UID"``.
+
+    An unregistered value is not repeated: in a damaged file it may be any element's bytes.
+    """
     name = UID(uid).name
-    return name if name and name != uid else uid
+    return name if name and name != uid else "an unregistered UID"
 
 
 def ultrasound_regions(dataset: Dataset) -> list[UltrasoundRegion]:
@@ -249,12 +288,36 @@ def choose_region(
 def pixel_spacing_mm(dataset: Dataset) -> tuple[float, float] | None:
     """``(x, y)`` from ``PixelSpacing`` (stored row spacing first), or ``None``."""
     values = dataset.get("PixelSpacing")
-    if values is None or len(values) != 2:
+    if values is None or isinstance(values, str | bytes) or len(values) != 2:
         return None
-    row_spacing, column_spacing = (float(v) for v in values)
-    if not all(math.isfinite(v) and v > 0 for v in (row_spacing, column_spacing)):
+    row_spacing, column_spacing = (abs(float(v)) for v in values)
+    if row_spacing == 0 or column_spacing == 0:
         return None
     return (column_spacing, row_spacing)
+
+
+def spacing_is_physical(spacing: tuple[float, float]) -> bool:
+    """Both sizes are finite and inside :data:`SPACING_RANGE_MM`."""
+    low, high = SPACING_RANGE_MM
+    return all(math.isfinite(v) and low <= v <= high for v in spacing)
+
+
+def frame_count(dataset: Dataset) -> int:
+    """``NumberOfFrames`` as a whole number >= 1 (absent or empty: 1).
+
+    Raises:
+        ValueError: For a value that is not a whole number of at least 1.
+    """
+    value = dataset.get("NumberOfFrames")
+    if value is None or value == "":
+        return 1
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("NumberOfFrames is not a number") from None
+    if not math.isfinite(number) or number != int(number) or number < 1:
+        raise ValueError("NumberOfFrames is not a whole number of at least 1")
+    return int(number)
 
 
 def select_frames(count: int, policy: FramePolicy) -> list[int]:
@@ -330,6 +393,46 @@ def _to_uint8(values: np.ndarray, bits_stored: int) -> np.ndarray:
     return np.clip(values, 0, 255).astype(np.uint8)
 
 
+def _image_size(path: Path, dataset: Dataset) -> tuple[int, int, int, int]:
+    """``(rows, columns, samples per pixel, bytes per sample)``, checked."""
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        samples, bits = int(dataset.SamplesPerPixel), int(dataset.BitsAllocated)
+    except (TypeError, ValueError, AttributeError):
+        problem = "Rows, Columns, SamplesPerPixel or BitsAllocated is not a number"
+        raise _fail(path, problem) from None
+    if not (1 <= rows <= MAX_IMAGE_SIDE and 1 <= columns <= MAX_IMAGE_SIDE):
+        raise _fail(path, f"image size {columns}x{rows} is outside 1..{MAX_IMAGE_SIDE}")
+    if samples not in (1, 3):
+        raise _fail(path, "SamplesPerPixel must be 1 or 3")
+    if bits not in (8, 16):
+        raise _fail(path, "BitsAllocated must be 8 or 16")
+    return rows, columns, samples, bits // 8
+
+
+def _check_frames_fit(path: Path, dataset: Dataset, count: int) -> None:
+    """The pixel data can hold ``count`` frames (checked before any frame list is built)."""
+    rows, columns, samples, width = _image_size(path, dataset)
+    data = dataset.PixelData
+    if not isinstance(data, bytes | bytearray):
+        raise _fail(path, "pixel data is not a byte string")
+    syntax = UID(dataset.file_meta.get("TransferSyntaxUID", ""))
+    if syntax.is_encapsulated:
+        try:
+            items, _ = parse_fragments(data)
+        except Exception:  # a damaged item tag or length anywhere in the fragments
+            raise _fail(path, "encapsulated pixel data has damaged fragments") from None
+        if count > max(items - 1, 0):  # the first item is the Basic Offset Table
+            raise _fail(path, f"NumberOfFrames ({count}) exceeds the pixel data's fragments")
+        return
+    frame_bytes = rows * columns * samples * width
+    expected = frame_bytes * count
+    if len(data) < expected:
+        raise _fail(path, f"pixel data too short for {count} frame(s) of {columns}x{rows}")
+    if len(data) > expected + 1:  # one padding byte makes an odd length even
+        raise _fail(path, "pixel data longer than Rows x Columns x NumberOfFrames declare")
+
+
 def _check_image_header(path: Path, dataset: Dataset) -> None:
     sop_class = str(
         dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", "")
@@ -353,6 +456,16 @@ def _check_image_header(path: Path, dataset: Dataset) -> None:
         raise _fail(path, f"image attributes missing: {', '.join(missing)}")
     if "PixelData" not in dataset:
         raise _fail(path, "no pixel data")
+    if "SOPInstanceUID" in dataset and not is_valid_uid(dataset.SOPInstanceUID):
+        raise _fail(path, "SOP Instance UID is not a valid UID")
+
+
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_valid_uid(value: object) -> bool:
+    """A UID of the UI VR: digits and dots, no leading zeros, at most 64 characters."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID_PATTERN.match(value))
 
 
 def _decoder_for(path: Path, dataset: Dataset) -> Any:
@@ -404,31 +517,37 @@ def read_ultrasound(
     except DicomReadError:
         raise
     except Exception as error:  # values parsed lazily can fail anywhere (wrong VR, bad length)
-        raise _fail(path, f"damaged DICOM data ({type(error).__name__}: {error})") from None
+        raise _fail(path, f"damaged DICOM data ({safe_reason(error)})") from None
 
 
 def _read_image(
     path: Path, dataset: Dataset, frames: FramePolicy, region: RegionPolicy, crop: bool
 ) -> UltrasoundImage:
     _check_image_header(path, dataset)
+    rows, columns, _, _ = _image_size(path, dataset)
     try:
-        rows, columns = int(dataset.Rows), int(dataset.Columns)
-        count = int(dataset.get("NumberOfFrames", 1) or 1)
+        count = frame_count(dataset)
         regions = ultrasound_regions(dataset)
+    except (ValueError, TypeError) as error:
+        raise _fail(path, str(error)) from None
+    _check_frames_fit(path, dataset, count)
+    for number, item in enumerate(regions, start=1):
+        if item.bounds[2] >= columns or item.bounds[3] >= rows:
+            raise _fail(path, f"ultrasound region {number} lies outside the {columns}x{rows} image")
+    try:
         chosen = choose_region(regions, region)
         keep = select_frames(count, frames)
     except (ValueError, TypeError) as error:
         raise _fail(path, str(error)) from None
-    if chosen is not None and (chosen.bounds[2] >= columns or chosen.bounds[3] >= rows):
-        raise _fail(
-            path, f"ultrasound region {chosen.bounds} lies outside the {columns}x{rows} image"
-        )
     if chosen is not None and chosen.spacing_mm is not None:
         spacing, source = chosen.spacing_mm, "regions"
     elif (from_header := pixel_spacing_mm(dataset)) is not None:
         spacing, source = from_header, "pixel_spacing"
     else:
         spacing, source = None, None
+    if spacing is not None and not spacing_is_physical(spacing):
+        low, high = SPACING_RANGE_MM
+        raise _fail(path, f"pixel spacing ({source}) outside the physical range {low}-{high} mm")
     bounds = chosen.bounds if (crop and chosen is not None) else (0, 0, columns - 1, rows - 1)
 
     decoder = _decoder_for(path, dataset)
@@ -444,7 +563,9 @@ def _read_image(
         except Exception as error:  # truncated data, codec errors, inconsistent headers
             syntax = UID(dataset.file_meta.TransferSyntaxUID)
             raise _fail(
-                path, f"pixel data of frame {index + 1} cannot be decoded ({syntax.name}): {error}"
+                path,
+                f"pixel data of frame {index + 1} cannot be decoded ({syntax.name}): "
+                f"{safe_reason(error)}",
             ) from None
         if gray.shape != (rows, columns):
             raise _fail(path, f"decoded frame has shape {gray.shape}, header says {rows}x{columns}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,37 @@ def write_json_atomic(path: str | Path, payload: Any, *, indent: int | None = 1)
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(payload, indent=indent) + "\n", encoding="utf-8")
     return path
+
+
+def atomic_folder(folder: str | Path, write: Callable[[Path], object]) -> Path:
+    """Writes a whole folder at once.
+
+    ``write(staging)`` fills a hidden sibling folder, which then replaces ``folder``. A failure
+    (or a kill) while writing leaves no half of a folder: readers see the previous folder or the
+    complete new one, and the staging folder is removed on failure.
+
+    Args:
+        folder: The folder to (re)place.
+        write: Fills the staging folder it is given.
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        write(staging)
+        if folder.exists():
+            old = Path(
+                tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old")
+            )
+            os.replace(folder, old / folder.name)
+            os.replace(staging, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -29,8 +29,8 @@ class FakeCase(SourceCase):
     skipped: list[Rejection] = field(default_factory=list)
 
     def convert(self) -> list[Sample]:
-        if self.crash:
-            raise RuntimeError("power cut")
+        if self.crash:  # a kill, not a failure of this file: it must stop the run
+            raise KeyboardInterrupt("power cut")
         if self.reject:
             raise ConversionError(f"{self.key}: unusable")
         seed = int(self.key[1:])
@@ -59,7 +59,7 @@ def _run(cases, out):
 def test_an_interrupted_run_leaves_no_partial_file_and_resumes(tmp_path):
     (tmp_path / "in").mkdir()
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="power cut"):
+    with pytest.raises(KeyboardInterrupt, match="power cut"):
         _run(_cases(tmp_path / "in", 6, crash=3), out)
     assert not list(out.rglob("*.tmp*")), "temporary files left behind"
     assert not (out / "datalist.json").exists()
@@ -86,3 +86,43 @@ def test_rejected_cases_are_listed_and_the_run_goes_on(tmp_path):
     nothing = _run(_cases(tmp_path / "in", 1, reject=0), tmp_path / "none")
     assert not nothing.ok
     assert nothing.datalist is None
+
+
+@dataclass
+class TwoFrameCase(SourceCase):
+    """A case whose second sample breaks the NIfTI writer after the first was written."""
+
+    key: str
+    root: Path
+    files: tuple[Path, ...]
+    skipped: list[Rejection] = field(default_factory=list)
+
+    def convert(self) -> list[Sample]:
+        image = np.full((16, 20), 7, dtype=np.uint8)
+        # "//" makes no file name: the writer fails on the second sample, after the first.
+        return [Sample(f"{self.key}_a", "p", image, None), Sample("//", "p", image + 1, None)]
+
+
+def test_any_failure_of_one_case_is_a_rejection_and_leaves_none_of_its_outputs(tmp_path):
+    (tmp_path / "in").mkdir()
+    cases = _cases(tmp_path / "in", 5)
+    crashing = FakeCase("s9", tmp_path / "in", (tmp_path / "in" / "s0.bin",))
+    crashing.convert = lambda: 1 / 0  # type: ignore[method-assign]  # any exception type
+    half = TwoFrameCase("half", tmp_path / "in", (tmp_path / "in" / "s1.bin",))
+    result = _run([*cases, crashing, half], tmp_path / "out")
+    assert result.samples == 5
+    assert {r.path: r.stage for r in result.failed} == {"s9": "convert", "half": "write"}
+    assert "ZeroDivisionError" in {r.path: r.reason for r in result.rejected}["s9"]
+    assert not (tmp_path / "out" / "images" / "half_a.nii.gz").exists()  # not half a case
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["failed"] == 2
+    assert "s9,s9: ZeroDivisionError" in (tmp_path / "out" / "rejected.csv").read_text()
+
+
+def test_rejected_csv_and_manifest_are_written_when_the_split_refuses(tmp_path):
+    (tmp_path / "in").mkdir()
+    cases = _cases(tmp_path / "in", 1)
+    with pytest.raises(ValueError, match="cannot fill"):
+        _run(cases, tmp_path / "out")
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    assert (tmp_path / "out" / "rejected.csv").is_file()

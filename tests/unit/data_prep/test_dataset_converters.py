@@ -133,9 +133,11 @@ def test_folder_with_labels_spacing_and_bad_rows(tmp_path):
         + "n5.png,p2,TR9,,\n"
     )
     out = tmp_path / "out"
+    # The TR9 row is a failure (exit 1) while every other image is converted; readme.txt is
+    # only skipped.
     assert main(["prep", "folder", "--in", str(root), "--out", str(out), "--labels",
                  str(root / "labels.csv"), "--folds", "2", "--test-fraction", "0",
-                 "--no-progress"]) == 0  # fmt: skip
+                 "--no-progress"]) == 1  # fmt: skip
     _, items = _items(out)
     assert sorted(items) == [f"n{n}" for n in range(5)]
     assert items["n1"]["patient"] == "p0"
@@ -149,3 +151,5 @@ def test_folder_with_labels_spacing_and_bad_rows(tmp_path):
     rejected = (out / "rejected.csv").read_text()
     assert "readme.txt" in rejected
     assert "TR9" in rejected
+    stages = {row.split(",")[0]: row.rsplit(",", 1)[1] for row in rejected.splitlines()[1:]}
+    assert stages == {"images/readme.txt": "skipped", "images/n5.png": "convert"}

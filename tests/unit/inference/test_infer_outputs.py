@@ -82,3 +82,38 @@ def test_no_segmentation_for_a_cine(tmp_path: Path) -> None:
     single = read_ultrasound(export(tmp_path / "single.dcm", 1))
     assert single.dataset is not None
     assert segmentation_unsupported(single.dataset) is None
+
+
+@pytest.mark.parametrize("oddity", ["retired SOP class", "no PatientName", "no PatientBirthDate",
+                                    "no type 2 patient attributes"])  # fmt: skip
+def test_valid_but_odd_sources_get_a_segmentation(tmp_path: Path, oddity: str) -> None:
+    pixels = np.random.default_rng(1).integers(0, 255, size=(48, 64)).astype(np.uint8)
+    path = write_ultrasound_dicom(
+        tmp_path / "odd.dcm", pixels, regions=[REGION], spacing_mm=(0.1, 0.1), patient=PATIENT,
+        photometric="MONOCHROME2", retired_sop_class=oddity == "retired SOP class",
+    )  # fmt: skip
+    dataset = pydicom.dcmread(path)
+    absent = {
+        "no PatientName": ["PatientName"],
+        "no PatientBirthDate": ["PatientBirthDate"],
+        "no type 2 patient attributes": ["PatientName", "PatientBirthDate", "PatientSex",
+                                         "StudyDate", "StudyTime", "AccessionNumber",
+                                         "ReferringPhysicianName", "StudyID"],
+    }.get(oddity, [])  # fmt: skip
+    for keyword in absent:
+        delattr(dataset, keyword)
+    dataset.save_as(path, enforce_file_format=True)
+    source = read_ultrasound(path)
+    assert source.dataset is not None
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[5:10, 7:20] = True
+    for deid in (DeidentificationOptions(salt="pepper"), None):
+        out = tmp_path / ("deid" if deid else "kept")
+        write_dicom_outputs(out, source.dataset, mask, source.crop, deid=deid,
+                            software_version="test")  # fmt: skip
+        seg = pydicom.dcmread(out / "segmentation.dcm")
+        reference = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        assert reference.ReferencedSOPClassUID == source.sop_class_uid  # retired stays retired
+        assert int(seg.pixel_array.sum()) == int(mask.sum())
+        if deid is not None:
+            assert audit_dataset(seg) == []
