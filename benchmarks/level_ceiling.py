@@ -57,7 +57,7 @@ def load_crops(data: Path, items: list[dict], size: int, grouping: LabelGrouping
         image, _ = read_nifti_2d(data / item[keys.IMAGE])
         mask, _ = read_nifti_2d(data / item[keys.LABEL_TRUE])
         crops.append(centred_crop(image.astype(np.float32) / 255.0, mask, size))
-        labels.append(grouping.index_of(item[keys.TIRADS_TRUE]))  # type: ignore[attr-defined]
+        labels.append(grouping.index(item[keys.TIRADS_TRUE]))
     return torch.from_numpy(np.stack(crops)[:, None]), torch.tensor(labels)
 
 
