@@ -17,8 +17,13 @@ Choices the papers leave open (constructor options):
 * **Weights.** The nodule probability (the mask head's softmax; the truth mask may stand in for
   it while training, see ``MultitaskTrainer(level_guide_epochs=...)``), averaged over each map's
   cells. The caller detaches it by default, so the level loss never pushes the mask.
-* **Ring.** The probability dilated by ``ring_fraction`` of the image's longer side (at least
-  ``ring_min_pixels``) minus the probability itself: a band of surrounding tissue.
+* **Ring.** The probability dilated by ``ring_pixels`` input pixels (4: a sixteenth of the
+  64-pixel input the defaults were measured at) minus the probability itself: a band of
+  surrounding tissue, then averaged onto each map's grid. A width in pixels rather than a share
+  of the image keeps a traced export exact for inputs of any size; scale it with the input
+  (8 at 128 px) when training at another size.
+* **Traceable.** No size of the input is turned into a Python number, so a traced export
+  (``torch.jit.trace``) works on inputs of any size.
 * **Empty mask.** Every map gets a uniform weight of total mass ``empty_weight`` (in cells)
   besides the nodule's. For a nodule of at least one cell this changes the mean by well under
   1%; when the predicted mask is empty the pooling becomes the plain global average (the
@@ -60,7 +65,7 @@ def weighted_mean(
     Returns:
         ``(batch, channels)``.
     """
-    cells = features.shape[-2] * features.shape[-1]
+    cells = torch.ones_like(weights).sum(dim=(-2, -1), keepdim=True)  # a tensor: traceable
     weights = weights + empty_weight / cells
     total = weights.sum(dim=(-2, -1))
     return (features * weights).sum(dim=(-2, -1)) / total
@@ -79,12 +84,14 @@ def outline_features(probability: torch.Tensor, eps: float = 1e-6) -> torch.Tens
         (0 for a disc, larger for lobulated or irregular outlines).
     """
     p = probability[:, 0]
-    size_x, size_y = p.shape[-2], p.shape[-1]
     mass = p.sum(dim=(-2, -1))
     present = mass > 0.5  # at least half a pixel of nodule
     safe_mass = mass.clamp(min=eps)
-    x = torch.arange(size_x, dtype=p.dtype, device=p.device)[:, None]
-    y = torch.arange(size_y, dtype=p.dtype, device=p.device)[None, :]
+    # pixel coordinates and count as tensors (traceable for any input size)
+    ones = torch.ones_like(p)
+    x = ones.cumsum(dim=-2) - 1.0
+    y = ones.cumsum(dim=-1) - 1.0
+    pixels = ones.sum(dim=(-2, -1))
     mean_x = (p * x).sum(dim=(-2, -1)) / safe_mass
     mean_y = (p * y).sum(dim=(-2, -1)) / safe_mass
     var_x = (p * (x - mean_x[:, None, None]) ** 2).sum(dim=(-2, -1)) / safe_mass
@@ -95,7 +102,7 @@ def outline_features(probability: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     perimeter = grad_x.abs().sum(dim=(-2, -1)) + grad_y.abs().sum(dim=(-2, -1))
     # The L1 perimeter of a disc is 4/pi times its Euclidean one, hence pi/4 below.
     compactness = (math.pi / 4 * perimeter) ** 2 / (4 * math.pi * safe_mass) - 1.0
-    area = torch.log(safe_mass / (size_x * size_y))
+    area = torch.log(safe_mass / pixels)
     features = torch.stack([area, elongation, compactness], dim=1)
     return torch.where(present[:, None], features, torch.zeros_like(features))
 
@@ -106,8 +113,7 @@ class NodulePooling(nn.Module):
     Args:
         channels: Channels of every encoder map, shallow to deep.
         scales: Indices (into ``channels``) of the maps to pool; default: all.
-        ring_fraction: Ring width as a share of the image's longer side.
-        ring_min_pixels: Smallest ring width in input pixels.
+        ring_pixels: Ring width in input pixels.
         empty_weight: Uniform mass that makes an empty mask pool the whole map (see above).
         outline_scale: Factor on the outline numbers (see above).
 
@@ -119,8 +125,7 @@ class NodulePooling(nn.Module):
         self,
         channels: Sequence[int],
         scales: Sequence[int] | None = None,
-        ring_fraction: float = 0.0625,
-        ring_min_pixels: int = 2,
+        ring_pixels: int = 4,
         empty_weight: float = 0.01,
         outline_scale: float = 8.0,
     ):
@@ -129,23 +134,19 @@ class NodulePooling(nn.Module):
         bad = [s for s in chosen if not 0 <= s < len(channels)]
         if bad or not chosen:
             raise ValueError(f"pooling scales {bad or chosen} not in 0..{len(channels) - 1}")
-        if ring_fraction < 0 or ring_min_pixels < 0 or empty_weight <= 0:
+        if ring_pixels < 1 or empty_weight <= 0:
             raise ValueError(
-                "ring_fraction and ring_min_pixels must be >= 0 and empty_weight > 0, got "
-                f"{ring_fraction}, {ring_min_pixels}, {empty_weight}"
+                f"ring_pixels must be >= 1 and empty_weight > 0, got {ring_pixels}, {empty_weight}"
             )
         self.scales = chosen
-        self.ring_fraction = float(ring_fraction)
-        self.ring_min_pixels = int(ring_min_pixels)
+        self.ring_pixels = int(ring_pixels)
         self.empty_weight = float(empty_weight)
         self.outline_scale = float(outline_scale)
         self.out_features = 3 * sum(channels[s] for s in chosen) + SHAPE_FEATURES
 
     def ring(self, probability: torch.Tensor) -> torch.Tensor:
         """The band of tissue around the nodule: dilated probability minus the probability."""
-        width = max(self.ring_min_pixels, round(self.ring_fraction * max(probability.shape[-2:])))
-        if width == 0:
-            return torch.zeros_like(probability)
+        width = self.ring_pixels
         dilated = F.max_pool2d(probability, kernel_size=2 * width + 1, stride=1, padding=width)
         return (dilated - probability).clamp(min=0.0)
 
@@ -163,12 +164,12 @@ class NodulePooling(nn.Module):
         inside, around, peaks = [], [], []
         for index in self.scales:
             feature = features[index]
-            size = (int(feature.shape[-2]), int(feature.shape[-1]))
-            weights = F.adaptive_avg_pool2d(probability, size)
+            # the map's own size, not Python ints, so that a trace follows the input's size
+            size = feature.shape[-2:]
+            weights = F.adaptive_avg_pool2d(probability, size)  # type: ignore[arg-type]
+            band = F.adaptive_avg_pool2d(ring, size)  # type: ignore[arg-type]
             inside.append(weighted_mean(feature, weights, self.empty_weight))
-            around.append(
-                weighted_mean(feature, F.adaptive_avg_pool2d(ring, size), self.empty_weight)
-            )
+            around.append(weighted_mean(feature, band, self.empty_weight))
             peaks.append((feature * weights).amax(dim=(-2, -1)))
         outline = self.outline_scale * outline_features(probability)
         return torch.cat([*inside, *around, *peaks, outline], dim=1)

@@ -23,7 +23,7 @@ def features_with_a_bump(size, centre, channels=3):
 
 
 def test_moving_the_nodule_moves_the_pooled_features_with_it():
-    pooling = NodulePooling([3], ring_min_pixels=2)
+    pooling = NodulePooling([3])
     for centre in ((10, 12), (40, 22), (25, 50)):
         features = features_with_a_bump(64, centre)
         on_nodule = pooling([features], disc(64, centre, 3))
