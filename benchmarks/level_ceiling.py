@@ -116,8 +116,7 @@ def main() -> None:
     data = dataset(args.work, "none", settings, radiomics=False)
     grouping = get_grouping("acr5", "acr")
     test_items = datalist_split(data / "datalist.json", "test")
-    every = test_items + datalist_split(data / "datalist.json", "train", 0)
-    every += datalist_split(data / "datalist.json", "validate", 0)
+    every = datalist_split(data / "datalist.json", "all")
     chart = [
         acr_level_of(AcrDescriptors.from_dict(item[keys.DESCRIPTORS])) == item[keys.TIRADS_TRUE]
         for item in every

@@ -83,26 +83,25 @@ def _at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def _fraction(text: str) -> float:
-    """A number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
+def _between_0_and_1(*, zero_allowed: bool) -> Callable[[str], float]:
+    """A number in [0, 1) (``zero_allowed``) or in (0, 1)."""
+    interval = "[0, 1)" if zero_allowed else "(0, 1)"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0.0 <= value < 1.0 if zero_allowed else 0.0 < value < 1.0):
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value}")
+        return value
+
+    parse.__name__ = f"number in {interval}"
+    return parse
 
 
-def _probability(text: str) -> float:
-    """A number in (0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
-    return value
+_fraction = _between_0_and_1(zero_allowed=True)
+_probability = _between_0_and_1(zero_allowed=False)
 
 
 def _existing(kind: str) -> Callable[[str], Path]:

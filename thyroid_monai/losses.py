@@ -29,7 +29,6 @@ so that every step sees the same set of tasks.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -48,6 +47,13 @@ RadiomicsLoss = Literal["mse", "smooth_l1"]
 def _zero_like_output(output: torch.Tensor) -> torch.Tensor:
     """A zero loss that stays attached to the graph of ``output``."""
     return output.sum() * 0.0
+
+
+def known_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Which samples of a ``(batch, ...)`` mask batch are known (placeholders hold ``NaN``)."""
+    if not masks.is_floating_point():
+        return torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
+    return ~torch.isnan(masks.reshape(masks.shape[0], -1)).any(dim=1)
 
 
 def soft_or_hard_cross_entropy(
@@ -240,7 +246,7 @@ class MultitaskLoss(nn.Module):
         :class:`~thyroid_monai.transforms.MissingTargetsd`) are skipped; an attached zero when
         none is known.
         """
-        known = ~torch.isnan(target.float().reshape(target.shape[0], -1)).any(dim=1)
+        known = known_masks(target)
         if not bool(known.all()):
             if not bool(known.any()):
                 return _zero_like_output(logits)
@@ -287,7 +293,7 @@ class MultitaskLoss(nn.Module):
             )
             for log_probs in (direct, acr)
         )
-        mixture = torch.logsumexp(torch.stack([direct, acr]), dim=0) - math.log(2.0)
+        mixture = outputs[keys.CLS]  # the network's mixture of the two routes
         divergence = 0.5 * (
             F.kl_div(mixture, direct, log_target=True, reduction="batchmean")
             + F.kl_div(mixture, acr, log_target=True, reduction="batchmean")

@@ -176,9 +176,12 @@ class MultitaskScores(Metric):
         spacing_mm = [float("nan")] if spacing is None else _array(spacing).reshape(-1).tolist()
         known_spacing = bool(np.isfinite(spacing_mm).all())
         for reference, suffix in ((Keys.LABEL, ""), (keys.LABEL_TRUE, TRUTH_SUFFIX)):
-            if sample.get(reference) is None or np.isnan(_array(sample[reference])).any():
-                continue  # no mask, or an unknown one (a NaN placeholder)
-            target = _foreground(sample[reference])
+            if sample.get(reference) is None:
+                continue
+            reference_mask = _array(sample[reference])
+            if np.isnan(reference_mask).any():
+                continue  # an unknown mask (a NaN placeholder)
+            target = _foreground(reference_mask)
             row = {
                 "mean_dice": scores.dice(prediction, target),
                 "mean_iou": scores.iou(prediction, target),

@@ -71,6 +71,10 @@ class TorchJDMethod(GradientAggregator):
             self._aggregator, self._tasks = self.build_aggregator(tasks), tasks
         return self._aggregator
 
+    def weighting_input(self, matrix: torch.Tensor) -> torch.Tensor:
+        """What a weighted aggregator's weighting reads (the weighted rows as they are)."""
+        return matrix
+
     def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
         """Applies the torchjd aggregator to the weighted gradient rows."""
         from torchjd.aggregation import WeightedAggregator
@@ -80,7 +84,8 @@ class TorchJDMethod(GradientAggregator):
         if isinstance(aggregator, WeightedAggregator):
             # WeightedAggregator.forward is exactly these two lines; calling them apart exposes
             # the weights for the diagnostics.
-            aggregation_weights = aggregator.weighting(matrix).to(grads.dtype)  # on grads' device
+            aggregation_weights = aggregator.weighting(self.weighting_input(matrix))
+            aggregation_weights = aggregation_weights.to(grads.dtype)  # on grads' device
             return Combination(aggregation_weights @ matrix, aggregation_weights * weights)
         return Combination(aggregator(matrix))
 
@@ -136,19 +141,10 @@ class CAGrad(TorchJDMethod):
 
         return aggregation.CAGrad(c=self.c, norm_eps=self.norm_eps)
 
-    def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
-        """CAGrad's weights from the scale-free rows, applied to the weighted rows."""
-        matrix = weights[:, None] * grads
+    def weighting_input(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The rows divided by their Frobenius norm (all-zero rows as they are)."""
         scale = matrix.norm()
-        if float(scale) == 0.0:
-            return Combination(torch.zeros_like(grads[0]), torch.zeros_like(weights))
-        from torchjd.aggregation import WeightedAggregator
-
-        aggregator = self.aggregator(grads.shape[0])
-        if not isinstance(aggregator, WeightedAggregator):  # torchjd's CAGrad is one
-            raise TypeError(f"expected a weighted torchjd aggregator, got {aggregator!r}")
-        aggregation_weights = aggregator.weighting(matrix / scale).to(grads.dtype)
-        return Combination(aggregation_weights @ matrix, aggregation_weights * weights)
+        return matrix / scale if float(scale) > 0.0 else matrix
 
     def _describe(self) -> dict[str, Any]:
         return {**super()._describe(), "c": self.c, "norm_eps": self.norm_eps}

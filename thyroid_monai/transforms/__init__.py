@@ -19,7 +19,6 @@ from thyroid_monai.transforms.targets import (
     MissingTargetsd,
     PixelSpacingd,
     RadiomicsTargetd,
-    known_masks,
     radiomics_feature_names,
 )
 
@@ -37,7 +36,6 @@ __all__ = [
     "TiradsToIndex",
     "TiradsToIndexd",
     "fit_geometry",
-    "known_masks",
     "radiomics_feature_names",
     "reader_transform",
     "undo_fit",

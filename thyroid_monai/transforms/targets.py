@@ -200,7 +200,8 @@ class MissingTargetsd(MapTransform):
     Datalists mix items: a converted DDTI image whose contour is missing still has its level, a
     segmentation data set has masks and no levels. So that such items train the task they have
     and collate with the others, an absent mask becomes a ``NaN`` mask the size of the image
-    (the mask loss and the scores skip it) and an absent level becomes class ``-1`` (the level
+    (:func:`thyroid_monai.losses.known_masks`, the scores skip it too) and an absent level
+    becomes class ``-1`` (the level
     loss and scores skip it). Run it after the level names are mapped to indices.
 
     Args:
@@ -243,10 +244,3 @@ class MissingTargetsd(MapTransform):
         if self.level and not has_level:
             sample[self.level_key] = torch.tensor(descriptor_tasks.MISSING_INDEX)
         return sample
-
-
-def known_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Which samples of a ``(batch, ...)`` mask batch are known (placeholders hold ``NaN``)."""
-    if not masks.is_floating_point():
-        return torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
-    return ~torch.isnan(masks.reshape(masks.shape[0], -1)).any(dim=1)

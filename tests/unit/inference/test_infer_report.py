@@ -13,6 +13,16 @@ from thyroid_monai.tirads import get_grouping
 GROUPING = get_grouping("acr5")
 MODEL = {"kind": "checkpoint", "name": "model.pt", "image_size": [64, 64]}
 
+SOLID_HYPO_SMOOTH = {
+    "desc_composition": np.array([0, 0, 0, 9.0, 0]),  # solid
+    "desc_echogenicity": np.array([0, 0, 9.0, 0, 0]),  # hypo
+    "desc_shape": np.array([9.0, 0]),  # wider than tall
+    "desc_margin": np.array([9.0, 0, 0, 0, 0]),  # smooth
+    "desc_foci": np.array([-9.0, -9.0, -9.0, -9.0]),
+}
+"""Descriptor-head logits of a solid, hypoechoic, wider-than-tall, smooth nodule without foci:
+2 + 2 points, TR4."""
+
 
 def probabilities(level_index: int) -> np.ndarray:
     values = np.full(5, 0.05)
@@ -104,13 +114,7 @@ def test_no_nodule_means_no_measurements() -> None:
 
 def test_level_from_descriptor_points_without_a_level_head() -> None:
     image, mask = image_with_nodule((0.3, 0.3))
-    heads = {
-        "desc_composition": np.array([0, 0, 0, 9.0, 0]),  # solid
-        "desc_echogenicity": np.array([0, 0, 9.0, 0, 0]),  # hypo
-        "desc_shape": np.array([9.0, 0]),  # wider than tall
-        "desc_margin": np.array([9.0, 0, 0, 0, 0]),  # smooth
-        "desc_foci": np.array([-9.0, -9.0, -9.0, -9.0]),
-    }
+    heads = SOLID_HYPO_SMOOTH
     report, _ = build_report(
         image, mask, Prediction(None, None, heads), MODEL, None, name="case",
         relative_input=None, deidentified=False, settings=InferenceSettings(),
@@ -122,13 +126,7 @@ def test_level_from_descriptor_points_without_a_level_head() -> None:
 
 def test_report_names_the_level_route_and_whether_the_descriptor_points_agree() -> None:
     image, mask = image_with_nodule((0.3, 0.3))
-    heads = {
-        "desc_composition": np.array([0, 0, 0, 9.0, 0]),  # solid
-        "desc_echogenicity": np.array([0, 0, 9.0, 0, 0]),  # hypo
-        "desc_shape": np.array([9.0, 0]),  # wider than tall
-        "desc_margin": np.array([9.0, 0, 0, 0, 0]),  # smooth
-        "desc_foci": np.array([-9.0, -9.0, -9.0, -9.0]),
-    }  # 4 points: TR4
+    heads = SOLID_HYPO_SMOOTH
     tr4 = np.array([0.05, 0.05, 0.1, 0.7, 0.1])
     for level_from, source in (("both", "level_head_and_acr_points_route"),
                                ("acr_points", "acr_points_route")):  # fmt: skip

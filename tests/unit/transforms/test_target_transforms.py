@@ -84,7 +84,8 @@ def test_missing_targets_get_placeholders_and_an_item_with_none_is_named():
     import pytest
     import torch
 
-    from thyroid_monai.transforms import MissingTargetsd, known_masks
+    from thyroid_monai.losses import known_masks
+    from thyroid_monai.transforms import MissingTargetsd
 
     fill = MissingTargetsd(mask=True, level=True)
     image = torch.rand(1, 8, 6)
