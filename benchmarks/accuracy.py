@@ -14,7 +14,7 @@ Methods (name -> what changes from ``train.yaml``):
 * ``sum_radiomics``: + the radiomics-guided embedding (``use_radiomics``);
 * ``rlar``: + radiomics + the RLAR regulariser (``use_rlar``; RLAR's warm-up scaled to the run);
 * ``camegrad``, ``pcgrad``, ``cagrad``, ``uncertainty``, ``gradnorm``: gradient methods on the
-  multitask model (``gradient_method_name``).
+  multitask model (``gradient_method#name``).
 
 Every (variability, method, seed, fold) run writes its scores to ``<work>/runs/.../scores.json``
 and is skipped when that file exists, so an interrupted benchmark resumes where it stopped.
@@ -66,26 +66,26 @@ METHODS: dict[str, dict[str, Any]] = {
     "sum": {},
     "sum_radiomics": {"use_radiomics": True},
     "rlar": {"use_radiomics": True, "use_rlar": True},
-    "camegrad": {"gradient_method_name": "camegrad"},
-    "pcgrad": {"gradient_method_name": "pcgrad"},
-    "cagrad": {"gradient_method_name": "cagrad"},
-    "uncertainty": {"gradient_method_name": "uncertainty"},
-    "gradnorm": {"gradient_method_name": "gradnorm"},
+    "camegrad": {"gradient_method#name": "camegrad"},
+    "pcgrad": {"gradient_method#name": "pcgrad"},
+    "cagrad": {"gradient_method#name": "cagrad"},
+    "uncertainty": {"gradient_method#name": "uncertainty"},
+    "gradnorm": {"gradient_method#name": "gradnorm"},
     # RLAR variants, not in the default list: the smallest margin papers.md suggests (tau 0), and
     # the cosine of spatially averaged gradients (per-channel directions) at the default margin
-    "rlar_tau0": {"use_radiomics": True, "use_rlar": True, "rlar_tau": 0.0},
-    "rlar_pooled": {"use_radiomics": True, "use_rlar": True, "rlar_latent": "pooled"},
+    "rlar_tau0": {"use_radiomics": True, "use_rlar": True, "rlar#tau": 0.0},
+    "rlar_pooled": {"use_radiomics": True, "use_rlar": True, "rlar#latent": "pooled"},
     # The level pathway's ablation (docs/level.md), not in the default list: what the level head
     # reads and where the level comes from, everything else as train.yaml.
-    "level_global": {"level_pooling": "global", "level_guide_epochs": 0,
-                     "use_descriptors": False, "level_from": "direct"},
-    "level_nodule": {"level_pooling": "nodule", "level_guide_epochs": 0,
-                     "use_descriptors": False, "level_from": "direct"},
-    "level_nodule_guided": {"level_pooling": "nodule", "use_descriptors": False,
-                            "level_from": "direct"},
-    "level_acr_points": {"level_pooling": "nodule", "use_descriptors": True,
-                         "level_from": "acr_points"},
-    "level_both": {"level_pooling": "nodule", "use_descriptors": True, "level_from": "both"},
+    "level_global": {"network_def#level_pooling": "global", "train#trainer#level_guide_epochs": 0,
+                     "use_descriptors": False, "tasks#level_from": "direct"},
+    "level_nodule": {"network_def#level_pooling": "nodule", "train#trainer#level_guide_epochs": 0,
+                     "use_descriptors": False, "tasks#level_from": "direct"},
+    "level_nodule_guided": {"network_def#level_pooling": "nodule", "use_descriptors": False,
+                            "tasks#level_from": "direct"},
+    "level_acr_points": {"network_def#level_pooling": "nodule", "use_descriptors": True,
+                         "tasks#level_from": "acr_points"},
+    "level_both": {"network_def#level_pooling": "nodule", "use_descriptors": True, "tasks#level_from": "both"},
 }  # fmt: skip
 """Bundle overrides of each method over ``train.yaml``."""
 ABLATIONS = ("rlar_tau0", "rlar_pooled", "level_global", "level_nodule", "level_nodule_guided",
@@ -235,7 +235,7 @@ def run_overrides(method: str, settings: Settings, seed: int, fold: int, device:
         "image_size": [settings.image_size, settings.image_size],
         "backbone": settings.backbone,
         "batch_size": settings.batch_size,
-        "rlar_warmup_epochs": settings.rlar_warmup_epochs,
+        "rlar#warmup_epochs": settings.rlar_warmup_epochs,
         "log_iterations": False,
         "log_epochs": False,
         "device": f"$torch.device('{device}')",

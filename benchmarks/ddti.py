@@ -114,7 +114,7 @@ def bundle_overrides(method: str, recipe: Recipe, seed: int, fold: int, device: 
         "image_size": [recipe.image_size, recipe.image_size],
         "backbone": recipe.backbone,
         "batch_size": recipe.batch_size,
-        "rlar_warmup_epochs": recipe.rlar_warmup_epochs,
+        "rlar#warmup_epochs": recipe.rlar_warmup_epochs,
         "log_iterations": False,
         "device": f"$torch.device('{device}')",
         **METHODS[method],

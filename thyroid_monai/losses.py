@@ -137,41 +137,6 @@ def masked_binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> t
     return F.binary_cross_entropy_with_logits(logits[known], target[known])
 
 
-def active_task_weights(
-    task_weights: Mapping[str, float],
-    *,
-    mask: bool = True,
-    level: bool = True,
-    radiomics: bool = False,
-    descriptors: bool = False,
-) -> dict[str, float]:
-    """The weights of the tasks a configuration trains, in the order the losses come.
-
-    A bundle lists a weight for every task it knows; methods with one learned weight per task
-    (uncertainty, GradNorm) must be built for exactly the tasks whose losses they will get.
-
-    Args:
-        task_weights: Weight per task name (``seg``, ``cls``, ``rad``, ``desc_*``).
-        mask: Whether the mask task is trained.
-        level: Whether the level task is trained.
-        radiomics: Whether the radiomics head is trained.
-        descriptors: Whether the five descriptor heads are trained.
-
-    Returns:
-        ``{task: weight}`` for the trained tasks only.
-
-    Raises:
-        KeyError: A trained task has no weight, naming it.
-    """
-    switches = {keys.SEG: mask, keys.CLS: level, keys.RAD: radiomics}
-    switches.update(dict.fromkeys(descriptor_tasks.DESCRIPTOR_TASKS, descriptors))
-    active = [task for task, on in switches.items() if on]
-    missing = [task for task in active if task not in task_weights]
-    if missing:
-        raise KeyError(f"task_weights has no weight for the trained tasks {missing}")
-    return {task: float(task_weights[task]) for task in active}
-
-
 class MultitaskLoss(nn.Module):
     """Computes one loss per task present in both the outputs and the targets.
 

@@ -74,8 +74,9 @@ VARIANTS = {
     "level_only": {"use_mask": False},
     "multitask_sum": {},
     "radiomics": {"use_radiomics": True},
-    "radiomics_rlar": {"use_radiomics": True, "use_rlar": True, "rlar_warmup_epochs": 0},
-    "acr_route": {"use_descriptors": True, "level_from": "both", "level_guide_epochs": 2},
+    "radiomics_rlar": {"use_radiomics": True, "use_rlar": True, "rlar#warmup_epochs": 0},
+    "acr_route": {"use_descriptors": True, "tasks#level_from": "both",
+                  "train#trainer#level_guide_epochs": 2},
 }
 EXPECTED = {
     "mask_only": ({"train_loss_seg", "val_mean_dice", "val_mean_dice_truth", "val_hd95_mm"},

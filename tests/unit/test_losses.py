@@ -153,16 +153,6 @@ def test_losses_need_a_task_with_output_and_target_and_valid_options():
         MultitaskLoss(radiomics_loss="huber")  # type: ignore[arg-type]
 
 
-def test_active_task_weights_keep_only_the_trained_tasks_and_name_a_missing_weight():
-    from thyroid_monai.losses import active_task_weights
-
-    weights = {"seg": 1.0, "cls": 2.0, "rad": 0.3, "desc_shape": 0.2}
-    assert active_task_weights(weights) == {"seg": 1.0, "cls": 2.0}
-    assert active_task_weights(weights, mask=False, radiomics=True) == {"cls": 2.0, "rad": 0.3}
-    with pytest.raises(KeyError, match="desc_composition"):
-        active_task_weights(weights, descriptors=True)
-
-
 def test_unknown_masks_are_skipped_and_an_all_unknown_batch_costs_nothing():
     from thyroid_monai.losses import MultitaskLoss
 

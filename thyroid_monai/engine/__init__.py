@@ -10,8 +10,10 @@ from thyroid_monai.engine.handlers import (
     TrainingCheckpointLoader,
     TrainingCheckpointSaver,
 )
-from thyroid_monai.engine.metrics import LevelScore, MultitaskScores
+from thyroid_monai.engine.metrics import LevelScore, MultitaskScores, key_metric
+from thyroid_monai.engine.optimisation import adamw, warmup_cosine
 from thyroid_monai.engine.prepare import MultitaskPrepareBatch
+from thyroid_monai.engine.run_config import RunConfigSaver
 from thyroid_monai.engine.trainer import EpochScalarMeans, MultitaskTrainer
 
 __all__ = [
@@ -26,6 +28,10 @@ __all__ = [
     "MultitaskScores",
     "MultitaskTrainer",
     "RandomStates",
+    "RunConfigSaver",
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
+    "adamw",
+    "key_metric",
+    "warmup_cosine",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from thyroid_monai import descriptor_tasks, keys
 from thyroid_monai.engine import scores
 from thyroid_monai.engine.evaluator import label_key, pred_key
 from thyroid_monai.tirads import Scheme, get_grouping
+
+if TYPE_CHECKING:
+    from thyroid_monai.tasks import TaskSet
 
 TRUTH_SUFFIX = "_truth"
 MASK_SCORES = ("mean_dice", "mean_iou", "hd95_mm", "hd95_px")
@@ -107,6 +110,7 @@ class MultitaskScores(Metric):
 
     * mask: ``mean_dice``, ``mean_iou``, ``hd95_mm`` (over samples whose spacing is known),
       ``hd95_px`` (every sample, in pixels);
+    * both: ``joint``, the mean of ``mean_dice`` and ``macro_f1`` (a checkpoint-selection score);
     * level: ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``qwk`` (quadratic-weighted kappa),
       ``auc`` (one-vs-rest, macro), ``ece`` (expected calibration error);
     * structured report (with descriptor heads): the level read as the ACR sum of the predicted
@@ -295,6 +299,11 @@ class MultitaskScores(Metric):
             for suffix in ("", TRUTH_SUFFIX):
                 result.update(self._level_scores(suffix))
         result.update(self._descriptor_scores())
+        for suffix in ("", TRUTH_SUFFIX):
+            # one number for checkpoint selection when both tasks matter (TaskSet selection joint)
+            pair = (result.get(f"mean_dice{suffix}"), result.get(f"macro_f1{suffix}"))
+            if None not in pair:
+                result[f"joint{suffix}"] = float(np.mean(pair))
         if not result:
             raise RuntimeError("MultitaskScores collected no prediction with a target")
         prefixed = {f"{self.prefix}{name}": value for name, value in result.items()}
@@ -323,3 +332,8 @@ class MultitaskScores(Metric):
                 f"produce; use one of: {', '.join(sorted(result))}"
             )
         engine.state.metrics.update(result)
+
+
+def key_metric(tasks: TaskSet, scores: MultitaskScores) -> dict[str, MultitaskScores]:
+    """The evaluator's ``key_val_metric``: the scores under the task set's selection metric."""
+    return {tasks.selection_metric: scores}

@@ -86,9 +86,9 @@ class MultitaskTrainer(SupervisedTrainer):
         level_guide_epochs: Truth guidance of the level's nodule pooling: in epoch ``e`` a batch
             pools where the *true* mask is (``network(image, guide=mask)``) with probability
             ``max(0, 1 - (e - 1) / level_guide_epochs)``, else where the predicted mask is;
-            0 (default) never. Early predicted masks are poor, so the level head learns to read
-            the nodule before it has to find it. Validation and inference always use the
-            prediction.
+            0 never. Early predicted masks are poor, so the level head learns to read the nodule
+            before it has to find it. Validation and inference always use the prediction. The
+            default, 4, is what the level ablation ran (docs/level.md).
         **kwargs: Everything else ``SupervisedTrainer`` accepts (device, max_epochs,
             train_data_loader, optimizer, train_handlers, ...). ``amp`` is not supported because
             gradient methods edit gradients before the step.
@@ -102,7 +102,7 @@ class MultitaskTrainer(SupervisedTrainer):
         gradient_method: GradientMethod | None = None,
         regulariser: RLAR | None = None,
         prepare_batch: Any = None,
-        level_guide_epochs: int = 0,
+        level_guide_epochs: int = 4,
         **kwargs: Any,
     ):
         unwrapped = getattr(network, "module", network)  # DistributedDataParallel
@@ -131,6 +131,8 @@ class MultitaskTrainer(SupervisedTrainer):
         )
         self.gradient_method = gradient_method or WeightedSum()
         self.regulariser = regulariser
+        if regulariser is not None:
+            regulariser.prepare(unwrapped)
 
     def _model(self) -> torch.nn.Module:
         return getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel

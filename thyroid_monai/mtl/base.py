@@ -17,6 +17,7 @@ Two kinds of method share the interface:
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,16 @@ from thyroid_monai.mtl.diagnostics import gradient_diagnostics
 
 ParameterSet = Literal["shared", "all"]
 PARAMETER_SETS: tuple[str, ...] = ("shared", "all")
+
+
+def option_names(method: type) -> list[str]:
+    """The named constructor arguments of a gradient method, task names and weights aside."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        option
+        for option, parameter in inspect.signature(method).parameters.items()
+        if option not in ("tasks", "task_weights") and parameter.kind in named
+    ]
 
 
 class GradientMethod(ABC):
@@ -98,6 +109,13 @@ class GradientMethod(ABC):
         missing = set(self.state_dict()) - set(state)
         if missing:
             raise KeyError(f"{type(self).__name__} state misses {sorted(missing)}")
+
+    def options(self) -> dict[str, Any]:
+        """The method's constructor options and the values it runs with (tracking params).
+
+        The task names and weights are not options: they come from the task set.
+        """
+        return {option: getattr(self, option) for option in option_names(type(self))}
 
     def _describe(self) -> dict[str, Any]:
         return {"task_weights": self.task_weights} if self.task_weights else {}

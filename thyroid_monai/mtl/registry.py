@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from thyroid_monai.mtl.aggregators import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad, UPGrad
-from thyroid_monai.mtl.base import GradientMethod, WeightedSum
+from thyroid_monai.mtl.base import GradientMethod, WeightedSum, option_names
 from thyroid_monai.mtl.camegrad import CameGrad
 from thyroid_monai.mtl.weighting import GradNorm, UncertaintyWeighting
+
+if TYPE_CHECKING:
+    from thyroid_monai.tasks import TaskSet
 
 GRADIENT_METHODS: dict[str, type[GradientMethod]] = {
     "sum": WeightedSum,
@@ -24,15 +29,25 @@ GRADIENT_METHODS: dict[str, type[GradientMethod]] = {
 }
 
 
-def build_gradient_method(name: str, **kwargs: Any) -> GradientMethod:
-    """Instantiates a registered method by name.
+def build_gradient_method(
+    name: str,
+    tasks: TaskSet | None = None,
+    task_weights: Mapping[str, float] | None = None,
+    **options: Any,
+) -> GradientMethod:
+    """Instantiates a registered method by name: the one way a bundle or a script picks one.
 
     Args:
         name: A key of :data:`GRADIENT_METHODS`.
-        **kwargs: The method's constructor arguments (``task_weights``, ``rho``...).
+        tasks: The task set; the method is built for its learned tasks and their weights.
+        task_weights: The weights, when no task set is given.
+        **options: The method's own options (``rho`` for ``camegrad``...), checked against its
+            constructor; what is not given keeps the method's default, written in its class.
 
     Raises:
         KeyError: For an unknown name (the message lists the registered ones).
+        TypeError: For an option the method does not have (the message lists its options).
+        ValueError: If both ``tasks`` and ``task_weights`` are given.
         ImportError: If the method needs the ``mtl`` extra and it is not installed.
     """
     try:
@@ -40,7 +55,23 @@ def build_gradient_method(name: str, **kwargs: Any) -> GradientMethod:
     except KeyError:
         valid = ", ".join(sorted(GRADIENT_METHODS))
         raise KeyError(f"unknown gradient method {name!r}; registered: {valid}") from None
-    return method(**kwargs)
+    if tasks is not None and task_weights is not None:
+        raise ValueError("give the task set or the task weights, not both")
+    known = method_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(
+            f"gradient method {name!r} has no option {', '.join(unknown)}; "
+            f"its options: {', '.join(known) or 'none'}"
+        )
+    weights = tasks.active_weights if tasks is not None else task_weights
+    return method(task_weights=weights, **options)
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """The options of a registered method and their defaults (written once, in its class)."""
+    signature = inspect.signature(GRADIENT_METHODS[name]).parameters
+    return {option: signature[option].default for option in option_names(GRADIENT_METHODS[name])}
 
 
 def _check_registry() -> None:

@@ -131,7 +131,7 @@ class RLAR:
         tasks: Sequence[str] = (keys.SEG, keys.CLS),
         latent: LatentChoice = "deepest",
         detach: str | None = None,
-        warmup_epochs: int = 0,
+        warmup_epochs: int = 5,
         every: int = 1,
         lazy_scaling: bool = True,
         fold: str = "split",
@@ -284,6 +284,25 @@ class RLAR:
             "rlar_excess_share": float((alignment > self.tau).float().mean()),
         }
 
+    def prepare(self, network: torch.nn.Module) -> None:
+        """Asks ``network`` for the tensors this regulariser reads (every encoder map).
+
+        Raises:
+            ValueError: If the latent is ``"encoder"`` and the network cannot expose its maps.
+        """
+        if self.latent != "encoder":
+            return
+        if not hasattr(network, "expose_encoder_maps"):
+            raise ValueError(
+                f"RLAR latent='encoder' needs a network that can expose its encoder maps; "
+                f"{type(network).__name__} cannot"
+            )
+        network.expose_encoder_maps = True
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options and the values it runs with (tracking params)."""
+        return self._describe()
+
     def _describe(self) -> dict[str, Any]:
         return {
             "weight": self.weight,
@@ -302,3 +321,11 @@ class RLAR:
     def __repr__(self) -> str:
         arguments = ", ".join(f"{key}={value!r}" for key, value in self._describe().items())
         return f"RLAR({arguments})"
+
+
+def optional_rlar(enabled: bool, **options: Any) -> RLAR | None:
+    """An :class:`RLAR` with ``options`` when ``enabled``, else None (the bundle's ``use_rlar``).
+
+    The options are RLAR's own (``rlar#tau``...); their defaults are written once, in RLAR.
+    """
+    return RLAR(**options) if enabled else None

@@ -59,7 +59,7 @@ import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from monai.networks.nets import FlexibleUNet
@@ -70,6 +70,9 @@ from thyroid_monai import descriptor_tasks, keys
 from thyroid_monai.networks.acr_route import AcrPointsLevel
 from thyroid_monai.networks.heads import OrdinalHead, ordinal_log_probabilities
 from thyroid_monai.networks.pooling import SHAPE_FEATURES, NodulePooling
+
+if TYPE_CHECKING:
+    from thyroid_monai.tasks import TaskSet
 
 DecoderNorm = Literal["instance", "group", "batch", "none"]
 LevelHead = Literal["linear", "coral", "cumulative_link"]
@@ -107,6 +110,92 @@ def _decoder_norm_layer(norm: str, channels: Sequence[int], groups: int) -> str 
     if norm == "none":
         return None
     raise ValueError(f"unknown decoder_norm {norm!r}; use instance, group, batch or none")
+
+
+def _check_options(
+    *,
+    num_classes: int,
+    seg_classes: int,
+    backbone: str,
+    embedding_dim: int,
+    radiomics_dim: int,
+    radiomics_slice: int,
+    level_head: str,
+    descriptor_heads: bool,
+    level_pooling: str,
+    level_from: str,
+) -> None:
+    """Raises ``ValueError`` naming the first invalid :class:`MultitaskUNet` option."""
+    if backbone not in FLEXUNET_BACKBONE.register_dict:
+        valid = ", ".join(sorted(FLEXUNET_BACKBONE.register_dict))
+        raise ValueError(f"unknown backbone {backbone!r}; available: {valid}")
+    if num_classes <= 0 and seg_classes <= 0 and not descriptor_heads:
+        raise ValueError(
+            "enable at least one task: num_classes > 0, seg_classes > 0 or descriptor_heads"
+        )
+    if radiomics_dim and not 0 < radiomics_slice <= embedding_dim:
+        raise ValueError(
+            f"radiomics_slice must be in 1..embedding_dim ({embedding_dim}), got {radiomics_slice}"
+        )
+    if level_head not in ("linear", "coral", "cumulative_link"):
+        raise ValueError(f"unknown level_head {level_head!r}; use linear, coral or cumulative_link")
+    if level_pooling not in ("auto", "nodule", "global"):
+        raise ValueError(f"unknown level_pooling {level_pooling!r}; use auto, nodule or global")
+    if level_pooling == "nodule" and seg_classes <= 0:
+        raise ValueError(
+            "level_pooling 'nodule' pools where the mask head finds the nodule, but this "
+            "model has no mask head (seg_classes 0); use 'global' or 'auto'"
+        )
+    if level_from not in ("direct", "acr_points", "both"):
+        raise ValueError(f"unknown level_from {level_from!r}; use direct, acr_points or both")
+    if level_from != "direct" and num_classes > 0 and not descriptor_heads:
+        raise ValueError(
+            f"level_from {level_from!r} reads the ACR descriptor heads: enable "
+            "descriptor_heads (use_descriptors true)"
+        )
+
+
+def _flexible_unet(
+    in_channels: int,
+    seg_classes: int,
+    backbone: str,
+    decoder_channels: Sequence[int],
+    decoder_norm: str,
+    decoder_groups: int,
+) -> FlexibleUNet:
+    """The encoder-decoder; a level-only model (``seg_classes`` 0) keeps only the encoder."""
+    norm = _decoder_norm_layer(decoder_norm, decoder_channels, decoder_groups)
+    unet = FlexibleUNet(
+        in_channels=in_channels,
+        out_channels=max(seg_classes, 1),
+        backbone=backbone,
+        pretrained=False,
+        decoder_channels=tuple(decoder_channels),
+        spatial_dims=2,
+        norm=norm,  # type: ignore[arg-type]  # None: no normalisation layer
+        decoder_bias=norm is None,  # without normalisation the convolutions need a bias
+    )
+    if seg_classes <= 0:
+        # No unused parameters (DDP, optimisers).
+        del unet.decoder
+        del unet.segmentation_head
+    return unet
+
+
+def _embedding_mlp(features: int, embedding_dim: int, dropout: float, *, pooled: bool) -> nn.Module:
+    """The embedding ``e``: pool, flatten, linear, ReLU, dropout, linear.
+
+    Nodule pooling hands over a vector already (``pooled``); the layer indices stay those of
+    global pooling so that checkpoints of either kind keep their parameter names.
+    """
+    return nn.Sequential(
+        nn.Identity() if pooled else nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(features, embedding_dim),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(embedding_dim, embedding_dim),
+    )
 
 
 class MultitaskUNet(nn.Module):
@@ -169,40 +258,22 @@ class MultitaskUNet(nn.Module):
         weights_path: str | Path | None = None,
     ):
         super().__init__()
-        if backbone not in FLEXUNET_BACKBONE.register_dict:
-            valid = ", ".join(sorted(FLEXUNET_BACKBONE.register_dict))
-            raise ValueError(f"unknown backbone {backbone!r}; available: {valid}")
-        if num_classes <= 0 and seg_classes <= 0 and not descriptor_heads:
-            raise ValueError(
-                "enable at least one task: num_classes > 0, seg_classes > 0 or descriptor_heads"
-            )
-        if radiomics_dim and not 0 < radiomics_slice <= embedding_dim:
-            raise ValueError(
-                f"radiomics_slice must be in 1..embedding_dim ({embedding_dim}), "
-                f"got {radiomics_slice}"
-            )
-        if level_head not in ("linear", "coral", "cumulative_link"):
-            raise ValueError(
-                f"unknown level_head {level_head!r}; use linear, coral or cumulative_link"
-            )
-        if level_pooling not in ("auto", "nodule", "global"):
-            raise ValueError(f"unknown level_pooling {level_pooling!r}; use auto, nodule or global")
+        _check_options(
+            num_classes=num_classes,
+            seg_classes=seg_classes,
+            backbone=backbone,
+            embedding_dim=embedding_dim,
+            radiomics_dim=radiomics_dim,
+            radiomics_slice=radiomics_slice,
+            level_head=level_head,
+            descriptor_heads=descriptor_heads,
+            level_pooling=level_pooling,
+            level_from=level_from,
+        )
         if level_pooling == "auto":
             level_pooling = "nodule" if seg_classes > 0 else "global"
-        if level_pooling == "nodule" and seg_classes <= 0:
-            raise ValueError(
-                "level_pooling 'nodule' pools where the mask head finds the nodule, but this "
-                "model has no mask head (seg_classes 0); use 'global' or 'auto'"
-            )
-        if level_from not in ("direct", "acr_points", "both"):
-            raise ValueError(f"unknown level_from {level_from!r}; use direct, acr_points or both")
         self.acr_level: AcrPointsLevel | None = None
         if level_from != "direct" and num_classes > 0:
-            if not descriptor_heads:
-                raise ValueError(
-                    f"level_from {level_from!r} reads the ACR descriptor heads: enable "
-                    "descriptor_heads (use_descriptors true)"
-                )
             self.acr_level = AcrPointsLevel(label_grouping)
             if self.acr_level.num_classes != num_classes:
                 raise ValueError(
@@ -219,66 +290,66 @@ class MultitaskUNet(nn.Module):
         self.decoder_norm = decoder_norm
         self.level_head = level_head
         self.expose_encoder_maps = expose_encoder_maps
-        norm = _decoder_norm_layer(decoder_norm, decoder_channels, decoder_groups)
-        self.unet = FlexibleUNet(
-            in_channels=in_channels,
-            out_channels=max(seg_classes, 1),
-            backbone=backbone,
-            pretrained=False,
-            decoder_channels=tuple(decoder_channels),
-            spatial_dims=2,
-            norm=norm,  # type: ignore[arg-type]  # None: no normalisation layer
-            decoder_bias=norm is None,  # without normalisation the convolutions need a bias
+        self.unet = _flexible_unet(
+            in_channels, seg_classes, backbone, decoder_channels, decoder_norm, decoder_groups
         )
-        if seg_classes <= 0:
-            # A level-only model keeps only the encoder: no unused parameters (DDP, optimisers).
-            del self.unet.decoder
-            del self.unet.segmentation_head
         encoder_channels = FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"]
         self.nodule_pooling: NodulePooling | None = None
         pooled_features, outline = encoder_channels[-1], 0
         if level_pooling == "nodule":
             self.nodule_pooling = NodulePooling(encoder_channels, pooling_scales)
             pooled_features, outline = self.nodule_pooling.out_features, SHAPE_FEATURES
-        # Heads read ReLU(e), plus the outline numbers with nodule pooling (index 1 stays the
-        # linear layer, as in checkpoints written before).
-        activation: nn.Module = nn.ReLU() if outline == 0 else HeadInput(outline)
-        head_inputs = embedding_dim + outline
-
         self.embedding: nn.Module | None = None
         self.classifier: nn.Module | None = None
         self.radiomics_head: nn.Module | None = None
         self.descriptor_heads = nn.ModuleDict()
         if num_classes > 0 or radiomics_dim > 0 or descriptor_heads:
-            # Nodule pooling hands over a vector already; the layer indices stay those of
-            # global pooling so that checkpoints of either kind keep their parameter names.
-            pool = nn.AdaptiveAvgPool2d(1) if self.nodule_pooling is None else nn.Identity()
-            self.embedding = nn.Sequential(
-                pool,
-                nn.Flatten(),
-                nn.Linear(pooled_features, embedding_dim),
-                nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
-                nn.Linear(embedding_dim, embedding_dim),
+            self.embedding = _embedding_mlp(
+                pooled_features, embedding_dim, dropout, pooled=self.nodule_pooling is not None
             )
-        if num_classes > 0 and level_from != "acr_points":
+        self._add_heads(embedding_dim, outline, descriptor_heads)
+        if weights_path is not None:
+            state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
+            self.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+
+    @classmethod
+    def for_tasks(cls, tasks: TaskSet, **architecture: Any) -> MultitaskUNet:
+        """The network of a task set: the tasks decide the heads, ``architecture`` the rest.
+
+        Args:
+            tasks: Which targets the model learns (:class:`~thyroid_monai.tasks.TaskSet`).
+            **architecture: Every other constructor argument (``backbone``, ``level_pooling``...).
+
+        Raises:
+            ValueError: If ``architecture`` repeats an argument the tasks decide.
+        """
+        decided = tasks.network_arguments()
+        repeated = sorted(set(decided) & set(architecture))
+        if repeated:
+            raise ValueError(f"{repeated} follow from the task set; set them there, not here")
+        return cls(**decided, **architecture)
+
+    def _add_heads(self, embedding_dim: int, outline: int, descriptor_heads: bool) -> None:
+        """The level, radiomics and descriptor heads on the embedding (and the outline)."""
+        # Heads read ReLU(e), plus the outline numbers with nodule pooling (index 1 stays the
+        # linear layer, as in checkpoints written before).
+        activation: nn.Module = nn.ReLU() if outline == 0 else HeadInput(outline)
+        head_inputs = embedding_dim + outline
+        if self.num_classes > 0 and self.level_from != "acr_points":
             head: nn.Module = (
-                nn.Linear(head_inputs, num_classes)
-                if level_head == "linear"
-                else OrdinalHead(head_inputs, num_classes, level_head)
+                nn.Linear(head_inputs, self.num_classes)
+                if self.level_head == "linear"
+                else OrdinalHead(head_inputs, self.num_classes, self.level_head)
             )
             self.classifier = nn.Sequential(copy.deepcopy(activation), head)
-        if radiomics_dim > 0:
-            self.radiomics_head = nn.Linear(radiomics_slice, radiomics_dim)
+        if self.radiomics_dim > 0:
+            self.radiomics_head = nn.Linear(self.radiomics_slice, self.radiomics_dim)
         if descriptor_heads:
             for category in descriptor_tasks.CATEGORIES:
                 self.descriptor_heads[descriptor_tasks.task_name(category)] = nn.Sequential(
                     copy.deepcopy(activation),
                     nn.Linear(head_inputs, descriptor_tasks.num_outputs(category)),
                 )
-        if weights_path is not None:
-            state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
-            self.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
 
     @property
     def tasks(self) -> tuple[str, ...]:

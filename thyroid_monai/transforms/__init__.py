@@ -8,17 +8,20 @@ from thyroid_monai.transforms.geometry import (
     undo_fit,
 )
 from thyroid_monai.transforms.labels import TiradsToIndex, TiradsToIndexd
+from thyroid_monai.transforms.pipeline import loading_transforms, training_augmentation
 from thyroid_monai.transforms.readers import (
     RandReaderd,
     ReaderMode,
     SoftReaderLabelsd,
     reader_transform,
 )
+from thyroid_monai.transforms.select import SelectTaskItemsd
 from thyroid_monai.transforms.targets import (
     DescriptorsToIndicesd,
     MissingTargetsd,
     PixelSpacingd,
     RadiomicsTargetd,
+    radiomics_feature_count,
     radiomics_feature_names,
 )
 
@@ -32,11 +35,15 @@ __all__ = [
     "ReaderMode",
     "ResizeToFit",
     "ResizeToFitd",
+    "SelectTaskItemsd",
     "SoftReaderLabelsd",
     "TiradsToIndex",
     "TiradsToIndexd",
     "fit_geometry",
+    "loading_transforms",
+    "radiomics_feature_count",
     "radiomics_feature_names",
     "reader_transform",
+    "training_augmentation",
     "undo_fit",
 ]

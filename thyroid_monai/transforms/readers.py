@@ -17,13 +17,16 @@ reader (``desc_<category>_readers``). Three ways to train on them (``reader_mode
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from monai.transforms import Compose, MapTransform, Randomizable, Transform
 
 from thyroid_monai import descriptor_tasks, keys
+
+if TYPE_CHECKING:
+    from thyroid_monai.tasks import TaskSet
 
 ReaderMode = Literal["consensus", "sample", "soft"]
 READER_SUFFIX = "_readers"
@@ -192,15 +195,14 @@ class SoftReaderLabelsd(_ReaderTransform):
         return sample
 
 
-def reader_transform(mode: ReaderMode, num_classes: int, descriptors: bool = False) -> Transform:
+def reader_transform(mode: ReaderMode, tasks: TaskSet) -> Transform:
     """The reader step of the training pipeline, for the standard sample keys.
 
     Args:
         mode: ``consensus`` (nothing to do), ``sample`` or ``soft``.
-        num_classes: Level classes of the label grouping.
-        descriptors: Whether the descriptor targets (``desc_<category>``) come from the readers
-            too (``desc_<category>_readers``, written by
-            :class:`~thyroid_monai.transforms.DescriptorsToIndicesd`).
+        tasks: The learned tasks: the level's classes, and whether the descriptor targets
+            (``desc_<category>``) come from the readers too (``desc_<category>_readers``,
+            written by :class:`~thyroid_monai.transforms.DescriptorsToIndicesd`).
 
     Returns:
         A transform (an empty ``Compose`` for ``consensus``).
@@ -209,9 +211,9 @@ def reader_transform(mode: ReaderMode, num_classes: int, descriptors: bool = Fal
         return Compose([])
     masks = {keys.LABEL: keys.LABEL_READERS}
     labels = {keys.TIRADS: keys.TIRADS_READERS}
-    counts = {keys.TIRADS: num_classes}
+    counts = {keys.TIRADS: tasks.num_classes}
     multilabel: dict[str, str] = {}
-    if descriptors:
+    if tasks.descriptors:
         for category in descriptor_tasks.CATEGORIES:
             task = descriptor_tasks.task_name(category)
             if category == descriptor_tasks.FOCI:

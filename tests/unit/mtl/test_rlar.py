@@ -151,7 +151,7 @@ def test_batchnorm_decoder_mixes_samples_and_the_trainer_refuses_it():
     with pytest.raises(ValueError, match="BatchNorm decoder"):
         MultitaskTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[{}],
                          network=net, optimizer=torch.optim.SGD(net.parameters(), 0.1),
-                         loss_function=MultitaskLoss(), regulariser=RLAR())  # fmt: skip
+                         loss_function=MultitaskLoss(), regulariser=RLAR(warmup_epochs=0))  # fmt: skip
 
 
 def fake_losses_and_outputs():
@@ -169,7 +169,7 @@ def fake_losses_and_outputs():
 def test_fold_adds_the_weighted_penalty_where_configured(fold):
     torch.manual_seed(0)
     losses, outputs = fake_losses_and_outputs()
-    rlar = RLAR(weight=0.2, tau=-1.0, fold=fold)
+    rlar = RLAR(weight=0.2, tau=-1.0, fold=fold, warmup_epochs=0)
     folded, diagnostics = rlar(losses, outputs, epoch=1, iteration=1)
     term = 0.2 * diagnostics["rlar_penalty"]
     value = lambda losses, task: float(torch.as_tensor(losses.get(task, 0.0)).detach())  # noqa: E731
@@ -255,7 +255,7 @@ def test_trainer_folds_rlar_before_the_gradient_method_and_reports_it():
         optimizer=torch.optim.SGD(net.parameters(), 0.01),
         loss_function=MultitaskLoss(),
         gradient_method=Recording(),
-        regulariser=RLAR(weight=0.5, tau=-1.0, fold="cls"),
+        regulariser=RLAR(weight=0.5, tau=-1.0, fold="cls", warmup_epochs=0),
     )
     trainer.run()
     output = trainer.state.output[0]
@@ -270,9 +270,10 @@ def test_trainer_folds_rlar_before_the_gradient_method_and_reports_it():
 
 def test_an_all_zero_penalty_is_not_folded_so_the_backward_skips_the_second_order_pass():
     losses, outputs = fake_losses_and_outputs()
-    folded, diagnostics = RLAR(tau=0.999)(losses, outputs, epoch=1, iteration=1)
+    folded, diagnostics = RLAR(tau=0.999, warmup_epochs=0)(losses, outputs, epoch=1, iteration=1)
     assert diagnostics["rlar_penalty"] == 0.0
     assert diagnostics["rlar_excess_share"] == 0.0
     assert all(folded[task] is losses[task] for task in losses)
-    separate, _ = RLAR(tau=0.999, fold="separate")(losses, outputs, epoch=1, iteration=1)
+    separate, _ = RLAR(tau=0.999, fold="separate", warmup_epochs=0)(
+        losses, outputs, epoch=1, iteration=1)
     assert float(separate["rlar"].detach()) == 0.0  # the separate objective always exists

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from thyroid_monai import keys
+from thyroid_monai.tasks import TaskSet
 from thyroid_monai.transforms import RandReaderd, SoftReaderLabelsd, reader_transform
 
 
@@ -78,11 +79,15 @@ def test_soft_labels_of_unknown_readers_are_unknown():
 
 
 def test_reader_transform_modes():
-    assert len(reader_transform("consensus", 5).transforms) == 0
-    sample = reader_transform("soft", 5, descriptors=True)
+    tasks = TaskSet(label_grouping="risk3")
+    assert len(reader_transform("consensus", tasks).transforms) == 0
+    sample = reader_transform("soft", TaskSet(descriptors=True))
     assert isinstance(sample, SoftReaderLabelsd)
+    assert sample.num_classes["tirads"] == 5
     assert sample.num_classes["desc_composition"] == 5
     assert "desc_foci" in sample.multilabel
-    assert isinstance(reader_transform("sample", 5), RandReaderd)
+    sample = reader_transform("soft", tasks)
+    assert sample.num_classes == {"tirads": 3}
+    assert isinstance(reader_transform("sample", tasks), RandReaderd)
     with pytest.raises(ValueError, match="reader_mode"):
-        reader_transform("vote", 5)  # type: ignore[arg-type]
+        reader_transform("vote", tasks)  # type: ignore[arg-type]
