@@ -22,6 +22,8 @@ from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from data_prep.phantom import write_phantom_dataset
 from thyroid_monai import keys
 from thyroid_monai.io.nifti import read_nifti_2d
+from thyroid_monai.cli import main
+from thyroid_monai.engine.run_config import RUN_CONFIG
 from thyroid_monai.mtl import GRADIENT_METHODS
 from thyroid_monai.mtl.rlar import RLAR
 from thyroid_monai.networks import MultitaskUNet
@@ -32,8 +34,9 @@ BUNDLE = Path("bundles/thyroid_us_multitask")  # relative: the commands run from
 CONFIGS = BUNDLE / "configs"
 SCHEMA = BUNDLE / "schema" / "meta_schema_20240725.json"
 SIZE = 64
+# Overrides that change the network (three level classes): only the run's record knows them.
 SHORT_RUN = ["--max_epochs", "1", "--image_size", f"[{SIZE},{SIZE}]", "--batch_size", "2",
-             "--log_iterations", "False"]  # fmt: skip
+             "--log_iterations", "False", "--label_grouping", "risk3"]  # fmt: skip
 
 
 def bundle_command(*args: str, launcher: tuple[str, ...] = (sys.executable,)) -> str:
@@ -61,7 +64,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One short epoch through ``python -m monai.bundle run`` from the repository root."""
+    """One short untracked epoch through ``python -m monai.bundle run``, with overrides."""
     run_dir = tmp_path_factory.mktemp("run")
     configs = config_list(CONFIGS / "train.yaml")
     bundle_command("run", "--config_file", configs, "--bundle_root", str(run_dir),
@@ -129,6 +132,24 @@ def test_training_from_the_repository_root_writes_the_model(trained_run: Path) -
     assert (trained_run / "eval" / "validation_report.json").is_file()
 
 
+def test_the_run_folder_alone_serves_infer_and_evaluate(
+    trained_run: Path, phantom: Path, tmp_path: Path
+) -> None:
+    recorded = json.loads((trained_run / RUN_CONFIG).read_text())
+    assert recorded["label_grouping"] == "risk3"  # the command-line override, recorded
+    assert recorded["bundle_root"] == str(trained_run)
+    assert not list((trained_run / "eval").glob("config_*.json"))  # untracked
+    image = phantom / json.loads((phantom / "datalist.json").read_text())["testing"][0]["image"]
+    assert main(["infer", "--model", str(trained_run), "--in", str(image),
+                 "--out", str(tmp_path / "out")]) == 0  # fmt: skip
+    report = json.loads(next((tmp_path / "out").glob("*/report.json")).read_text())
+    assert set(report["tirads"]["probabilities"]) == {"TR1-3", "TR4", "TR5"}
+    # Evaluation: the record and the overlay, no override repeated.
+    bundle_command("run", "--config_file", config_list(trained_run / RUN_CONFIG,
+                   CONFIGS / "evaluate.yaml"))  # fmt: skip
+    assert (trained_run / "eval" / "metrics.csv").is_file()
+
+
 def test_torchscript_export_reproduces_the_eager_mask_and_level(
     trained_run: Path, phantom: Path
 ) -> None:
@@ -138,7 +159,7 @@ def test_torchscript_export_reproduces_the_eager_mask_and_level(
         filepath=str(exported),
         ckpt_file=str(trained_run / "models" / "model.pt"),
         meta_file=str(REPO / CONFIGS / "metadata.json"),
-        config_file=str(REPO / CONFIGS / "train.yaml"),
+        config_file=str(trained_run / RUN_CONFIG),  # the export reads the run's record
         use_trace=True,
         input_shape=[1, 1, SIZE, SIZE],
     )
@@ -147,7 +168,7 @@ def test_torchscript_export_reproduces_the_eager_mask_and_level(
     assert json.loads(extra["metadata.json"])["version"] == "0.2.0"
 
     parser = ConfigParser()
-    parser.read_config(str(REPO / CONFIGS / "train.yaml"))
+    parser.read_config(str(trained_run / RUN_CONFIG))
     parser["network_def#weights_path"] = str(trained_run / "models" / "model.pt")
     eager = parser.get_parsed_content("network_def")
     assert isinstance(eager, MultitaskUNet)

@@ -45,18 +45,28 @@ def executing_config() -> dict[str, Any] | None:
 
 
 def write_run_config(config: dict[str, Any], run_dir: str | Path) -> Path:
-    """Writes ``config`` to ``<run_dir>/configs/train.json`` atomically; returns the path."""
+    """Writes ``config`` to ``<run_dir>/configs/train.json`` atomically; returns the path.
+
+    The bundle metadata of the config (``_meta_``) goes to ``configs/metadata.json`` beside it,
+    so the run folder has a bundle's layout: MONAI's tools find the metadata where they look.
+    """
     path = Path(run_dir) / RUN_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".train.", suffix=".json")
+    if config.get("_meta_"):
+        _write_json(config["_meta_"], path.parent / "metadata.json")
+    _write_json(config, path)
+    return path
+
+
+def _write_json(content: Any, path: Path) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".json")
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(config, stream, indent=2, default=str)
+            json.dump(content, stream, indent=2, default=str)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
 
 
 class RunConfigSaver:

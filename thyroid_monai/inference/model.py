@@ -40,6 +40,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, ScaleIntensityRange
 
 from thyroid_monai import descriptor_tasks, keys
+from thyroid_monai.engine.run_config import RUN_CONFIG
 from thyroid_monai.tirads import LabelGrouping, Scheme, get_grouping
 from thyroid_monai.transforms.geometry import ResizeToFit, undo_fit
 
@@ -190,8 +191,16 @@ def _image_size(value: Any, where: str) -> tuple[int, int]:
 
 
 def _run_config_files(checkpoint: Path) -> list[Path]:
-    """The newest saved config of the run a ``<run>/models/*.pt`` checkpoint belongs to."""
-    saved = sorted((checkpoint.parent.parent / "eval").glob("config_*.json"))
+    """The config the run of a ``<run>/models/*.pt`` checkpoint was trained with.
+
+    ``<run>/configs/train.json``, which every training writes; runs trained before it existed
+    have only the newest ``<run>/eval/config_<time>.json`` of a tracked run.
+    """
+    run = checkpoint.parent.parent
+    recorded = run / RUN_CONFIG
+    if recorded.is_file():
+        return [recorded]
+    saved = sorted((run / "eval").glob("config_*.json"))
     return saved[-1:]
 
 
@@ -293,8 +302,8 @@ def _load_checkpoint(
     files = list(config_files) if config_files else _run_config_files(path)
     if not files:
         raise ModelLoadError(
-            f"{path}: no run config found in {path.parent.parent / 'eval'} (a tracked run saves "
-            "config_<time>.json there); give the config files the run was trained with"
+            f"{path}: no run config found ({RUN_CONFIG} or eval/config_<time>.json in "
+            f"{path.parent.parent}); give the config files the run was trained with"
         )
     try:
         network, values = _network_from_config(files, state)
