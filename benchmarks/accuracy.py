@@ -85,7 +85,8 @@ METHODS: dict[str, dict[str, Any]] = {
                             "tasks#level_from": "direct"},
     "level_acr_points": {"network_def#level_pooling": "nodule", "use_descriptors": True,
                          "tasks#level_from": "acr_points"},
-    "level_both": {"network_def#level_pooling": "nodule", "use_descriptors": True, "tasks#level_from": "both"},
+    "level_both": {"network_def#level_pooling": "nodule", "use_descriptors": True,
+                   "tasks#level_from": "both"},
 }  # fmt: skip
 """Bundle overrides of each method over ``train.yaml``."""
 ABLATIONS = ("rlar_tau0", "rlar_pooled", "level_global", "level_nodule", "level_nodule_guided",

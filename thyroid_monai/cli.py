@@ -706,7 +706,7 @@ def _add_sync(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_sync(args: argparse.Namespace) -> int:
-    from thyroid_monai.offline_tracking import sync_offline_store
+    from thyroid_monai.tracking import sync_offline_store
 
     report = sync_offline_store(args.store, args.to)
     print(report.summary())
@@ -731,7 +731,7 @@ def _add_register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from thyroid_monai.registry import register_pending
+    from thyroid_monai.tracking import register_pending
 
     registration = register_pending(args.run_dir, args.to)
     print(f"registered {registration.model_uri}: {registration.reason}")

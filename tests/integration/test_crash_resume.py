@@ -16,8 +16,8 @@ import torch
 
 from data_prep.phantom import write_phantom_dataset
 from thyroid_monai.io.checkpoints import load_checkpoint
-from thyroid_monai.offline_tracking import read_run_file
 from thyroid_monai.synthetic import PhantomConfig, RenderSettings
+from thyroid_monai.tracking import read_run_file
 from thyroid_monai.workflows import default_bundle_dir, sqlite_uri, tracking_store
 
 EPOCHS = 3

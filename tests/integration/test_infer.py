@@ -35,9 +35,9 @@ from thyroid_monai.inference import (
     read_input,
 )
 from thyroid_monai.io.nifti import read_nifti_2d
-from thyroid_monai.registry import register_model
 from thyroid_monai.synthetic import Phantom, PhantomConfig, RenderSettings
 from thyroid_monai.tirads import acr_recommendation
+from thyroid_monai.tracking import register_model
 from thyroid_monai.transforms import MissingTargetsd
 from thyroid_monai.workflows import (
     default_bundle_dir,

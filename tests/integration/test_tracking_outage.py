@@ -6,8 +6,8 @@ from ignite.engine import Engine, Events
 
 from data_prep.phantom import write_phantom_dataset
 from thyroid_monai.cli import main
-from thyroid_monai.offline_tracking import ResilientMLFlowHandler, needs_sync, recorded_target
 from thyroid_monai.synthetic import PhantomConfig, RenderSettings
+from thyroid_monai.tracking import ResilientMLFlowHandler, needs_sync, recorded_target
 from thyroid_monai.workflows import run_bundle
 
 

@@ -75,8 +75,11 @@ VARIANTS = {
     "multitask_sum": {},
     "radiomics": {"use_radiomics": True},
     "radiomics_rlar": {"use_radiomics": True, "use_rlar": True, "rlar#warmup_epochs": 0},
-    "acr_route": {"use_descriptors": True, "tasks#level_from": "both",
-                  "train#trainer#level_guide_epochs": 2},
+    "acr_route": {
+        "use_descriptors": True,
+        "tasks#level_from": "both",
+        "train#trainer#level_guide_epochs": 2,
+    },
 }
 EXPECTED = {
     "mask_only": ({"train_loss_seg", "val_mean_dice", "val_mean_dice_truth", "val_hd95_mm"},

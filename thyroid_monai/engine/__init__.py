@@ -1,18 +1,18 @@
 """Training and evaluation engines (subclasses of MONAI's trainer and evaluator) and metrics."""
 
-from thyroid_monai.engine.console import EpochSummary
-from thyroid_monai.engine.evaluator import MultitaskEvaluator
-from thyroid_monai.engine.handlers import (
+from thyroid_monai.engine.checkpoints import (
     AtomicCheckpointSaver,
-    BufferAveraging,
-    EvaluationReportSaver,
-    RandomStates,
     TrainingCheckpointLoader,
     TrainingCheckpointSaver,
 )
+from thyroid_monai.engine.console import EpochSummary
+from thyroid_monai.engine.distributed import BufferAveraging
+from thyroid_monai.engine.evaluator import MultitaskEvaluator
 from thyroid_monai.engine.metrics import LevelScore, MultitaskScores, key_metric
 from thyroid_monai.engine.optimisation import adamw, warmup_cosine
 from thyroid_monai.engine.prepare import MultitaskPrepareBatch
+from thyroid_monai.engine.random_states import RandomStates
+from thyroid_monai.engine.reports import EvaluationReportSaver
 from thyroid_monai.engine.run_config import RunConfigSaver
 from thyroid_monai.engine.trainer import EpochScalarMeans, MultitaskTrainer
 

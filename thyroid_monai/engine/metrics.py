@@ -6,7 +6,7 @@ the readers' targets (``label``, ``label_cls``) and, where the batch has them, a
 phantom's truth (``label_true``, ``label_cls_true``) side by side. Its scalars go into
 ``engine.state.metrics`` (so MONAI's handlers and MLflow log them); the tables (confusion
 matrices, per-class scores, the side-by-side comparison) stay in :attr:`MultitaskScores.report`
-for :class:`~thyroid_monai.engine.handlers.EvaluationReportSaver`.
+for :class:`~thyroid_monai.engine.reports.EvaluationReportSaver`.
 """
 
 from __future__ import annotations

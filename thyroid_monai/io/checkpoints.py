@@ -70,7 +70,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: Any 
 def load_logged_model(model_uri: str, *, trust: bool = False, map_location: Any = "cpu") -> Any:
     """Loads an ``mlflow.pytorch`` model (a whole pickled module), only when trusted.
 
-    A model logged by :func:`thyroid_monai.registry.register_model` is a pickle of the network:
+    A model logged by :func:`thyroid_monai.tracking.register_model` is a pickle of the network:
     loading it runs code from the tracking server's artifact store. Without ``trust`` this
     refuses; the safe alternative is to build the network from the bundle config and load a
     checkpoint's weights with :func:`load_checkpoint`.

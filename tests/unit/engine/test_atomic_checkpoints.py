@@ -9,7 +9,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from thyroid_monai.engine import AtomicCheckpointSaver
-from thyroid_monai.engine.handlers import AtomicDiskSaver
+from thyroid_monai.engine.checkpoints import AtomicDiskSaver
 from thyroid_monai.io.checkpoints import is_complete_checkpoint, load_checkpoint
 
 

@@ -151,7 +151,8 @@ def test_batchnorm_decoder_mixes_samples_and_the_trainer_refuses_it():
     with pytest.raises(ValueError, match="BatchNorm decoder"):
         MultitaskTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[{}],
                          network=net, optimizer=torch.optim.SGD(net.parameters(), 0.1),
-                         loss_function=MultitaskLoss(), regulariser=RLAR(warmup_epochs=0))  # fmt: skip
+                         loss_function=MultitaskLoss(),
+                         regulariser=RLAR(warmup_epochs=0))  # fmt: skip
 
 
 def fake_losses_and_outputs():
@@ -275,5 +276,6 @@ def test_an_all_zero_penalty_is_not_folded_so_the_backward_skips_the_second_orde
     assert diagnostics["rlar_excess_share"] == 0.0
     assert all(folded[task] is losses[task] for task in losses)
     separate, _ = RLAR(tau=0.999, fold="separate", warmup_epochs=0)(
-        losses, outputs, epoch=1, iteration=1)
+        losses, outputs, epoch=1, iteration=1
+    )
     assert float(separate["rlar"].detach()) == 0.0  # the separate objective always exists

@@ -7,8 +7,13 @@ import mlflow
 import pytest
 from ignite.engine import Engine
 
-from thyroid_monai.offline_tracking import ResilientMLFlowHandler
-from thyroid_monai.tracking import PARAM_KEY_LIMIT, config_params, param_key, param_value
+from thyroid_monai.tracking import (
+    PARAM_KEY_LIMIT,
+    ResilientMLFlowHandler,
+    config_params,
+    param_key,
+    param_value,
+)
 
 
 def write_config(config):

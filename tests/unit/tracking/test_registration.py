@@ -12,13 +12,13 @@ from ignite.engine import Engine
 
 from thyroid_monai.cli import main
 from thyroid_monai.networks import MultitaskUNet
-from thyroid_monai.offline_tracking import sync_offline_store
-from thyroid_monai.registry import (
+from thyroid_monai.tracking import (
     PENDING_FILE,
     REGISTRATION_FILE,
     ModelRegistration,
     RegisteringMLFlowHandler,
     register_pending,
+    sync_offline_store,
 )
 
 NETWORK = {"_target_": "thyroid_monai.networks.MultitaskUNet", "num_classes": 3,

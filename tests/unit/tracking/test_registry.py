@@ -9,7 +9,7 @@ import torch
 from thyroid_monai import keys
 from thyroid_monai.io.checkpoints import UntrustedCheckpointError, load_logged_model
 from thyroid_monai.networks import MultitaskUNet
-from thyroid_monai.registry import register_model
+from thyroid_monai.tracking import register_model
 
 
 def finished_run(uri, dice):

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from ignite.engine import Engine, Events
 
-from thyroid_monai.offline_tracking import (
+from thyroid_monai.tracking import (
     ResilientMLFlowHandler,
     read_run_file,
     write_run_file,

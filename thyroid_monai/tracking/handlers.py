@@ -1,19 +1,18 @@
-"""Tracking that survives an unreachable MLflow server, and the replay that puts it back.
+"""The MLflow handlers of a bundle run: tracking that survives an outage, and registration.
 
-Training runs are long; a tracking outage must cost minutes, not results. The bundle's MLflow
-handler is :class:`ResilientMLFlowHandler`:
+The bundle's MLflow handler is :class:`ResilientMLFlowHandler`:
 
 * at start, a tracking server (``http(s)://``) is probed; if it does not answer, the run is
-  recorded in a local SQLite store (``fallback_dir/mlruns.db``) from the first record on;
+  recorded in a local SQLite store (``fallback_dir/mlruns.db``,
+  :mod:`~thyroid_monai.tracking.offline`) from the first record on;
 * during the run, the first call that fails because the server is unreachable switches the
   handler to the same local store, where it continues the run under the same name, tagged with
   the server's run id; the failed record is written there, so nothing is lost;
 * MLflow's HTTP retries are capped (unless the user set them) so an outage stalls training for
   seconds, once, rather than minutes at every record;
-* at the end, if the server answers again, the local records are replayed automatically; if not,
-  ``thyroid-monai sync <fallback_dir>`` replays them later. Replay is idempotent: metric points,
-  params and artifacts already on the server are not duplicated, and a run that started on the
-  server continues there under its original id.
+* at the end, if the server answers again, the local records are replayed automatically
+  (:func:`~thyroid_monai.tracking.sync.sync_offline_store`); if not,
+  ``thyroid-monai sync <fallback_dir>`` replays them later.
 
 A run folder remembers its MLflow run (``run_file``: run id and store), so that a training killed
 and started again with the same command continues the same run (``continue_run``) rather than
@@ -21,6 +20,9 @@ opening a new one, and MONAI's default of joining *any* unfinished run of the ex
 person's, on a shared server) never applies. A continued run skips the metric points it already
 holds (the epochs replayed after the last checkpoint are recorded once) and the params it already
 holds (MLflow params cannot change).
+
+The trainer's handler is :class:`RegisteringMLFlowHandler`, which also registers the best
+checkpoint when training completes (:class:`~thyroid_monai.tracking.registry.ModelRegistration`).
 """
 
 from __future__ import annotations
@@ -28,59 +30,36 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from ignite.engine import Engine
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict
 
 from thyroid_monai.io.files import write_json_atomic
+from thyroid_monai.tracking.offline import (
+    REMOTE_RUN_TAG,
+    _write_state,
+    is_unreachable,
+    local_store_uri,
+    server_answers,
+)
+from thyroid_monai.tracking.registry import ModelRegistration
+from thyroid_monai.tracking.sync import sync_offline_store
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "offline_tracking.json"
 RUNNING = "RUNNING"
-STORE_FILE = "mlruns.db"
-REMOTE_RUN_TAG = "thyroid_monai.remote_run_id"
-SYNCED_TAG = "thyroid_monai.synced_to"
 # Retry settings applied when the user has not chosen their own (MLflow's defaults retry for
 # minutes on every call).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-def is_unreachable(error: BaseException) -> bool:
-    """Whether an exception means the tracking server cannot be reached (not a bad request)."""
-    if isinstance(error, MlflowException):
-        # MLflow wraps connection failures, timeouts and exhausted retries this way; requests it
-        # rejected (4xx) carry the server's own message instead.
-        return str(error).startswith("API request to")
-    return isinstance(error, ConnectionError | TimeoutError)
-
-
-def server_answers(uri: str, timeout: float = 5.0) -> bool:
-    """Whether an ``http(s)`` tracking server answers its health endpoint (other URIs: True)."""
-    if not uri.startswith(("http://", "https://")):
-        return True
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def local_store_uri(folder: str | Path) -> str:
-    """``sqlite:///`` URI of the fallback store inside ``folder``."""
-    return f"sqlite:///{(Path(folder) / STORE_FILE).resolve()}"
 
 
 class ResilientMLFlowHandler(MLFlowHandler):
@@ -314,150 +293,24 @@ def write_run_file(path: str | Path, run_id: str, tracking_uri: str) -> None:
     write_json_atomic(path, {"run_id": run_id, "tracking_uri": tracking_uri})
 
 
-def _write_state(folder: Path, remote_uri: str, *, pending: bool) -> None:
-    write_json_atomic(folder / STATE_FILE, {"target_uri": remote_uri, "pending": pending})
+class RegisteringMLFlowHandler(ResilientMLFlowHandler):
+    """The trainer's MLflow handler that also registers the model when training completes.
 
-
-def _read_state(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / STATE_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def recorded_target(folder: str | Path) -> str | None:
-    """The server a fallback store was meant for, if it recorded one."""
-    target = _read_state(folder).get("target_uri")
-    return str(target) if target else None
-
-
-def needs_sync(folder: str | Path) -> bool:
-    """Whether a fallback store holds records not yet replayed onto its server."""
-    return bool(_read_state(folder).get("pending", False))
-
-
-@dataclass
-class SyncReport:
-    """What a replay copied."""
-
-    runs: list[str] = field(default_factory=list)
-    metrics: int = 0
-    params: int = 0
-    artifacts: int = 0
-    skipped_params: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line for people."""
-        return (
-            f"{len(self.runs)} run(s) replayed: {self.metrics} metric points, "
-            f"{self.params} params, {self.artifacts} artifact file(s)"
-        )
-
-
-def _remote_experiment(client: mlflow.MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    return str(client.create_experiment(name))
-
-
-def _remote_run(client: mlflow.MlflowClient, experiment_id: str, local: mlflow.entities.Run) -> str:
-    wanted = local.data.tags.get(REMOTE_RUN_TAG)
-    if wanted:
-        try:
-            return str(client.get_run(wanted).info.run_id)
-        except MlflowException as error:
-            if is_unreachable(error):
-                raise
-    created = client.create_run(experiment_id, run_name=local.info.run_name)
-    return str(created.info.run_id)
-
-
-def _copy_run(
-    local_client: mlflow.MlflowClient,
-    remote_client: mlflow.MlflowClient,
-    local: mlflow.entities.Run,
-    remote_run_id: str,
-    report: SyncReport,
-) -> None:
-    run_id = local.info.run_id
-    remote = remote_client.get_run(remote_run_id)
-    params = []
-    for key, value in local.data.params.items():
-        if key not in remote.data.params:
-            params.append(Param(key, value))
-        elif remote.data.params[key] != value:
-            report.skipped_params.append(key)  # MLflow params are immutable; the server keeps its
-    metrics = []
-    for key in local.data.metrics:
-        present = {
-            (m.step, m.timestamp, m.value) for m in _history(remote_client, remote_run_id, key)
-        }
-        metrics += [
-            Metric(key, m.value, m.timestamp, m.step)
-            for m in _history(local_client, run_id, key)
-            if (m.step, m.timestamp, m.value) not in present
-        ]
-    tags = [
-        RunTag(key, value)
-        for key, value in local.data.tags.items()
-        if not key.startswith("mlflow.") and key != REMOTE_RUN_TAG
-    ]
-    for start in range(0, max(len(metrics), 1), 1000):
-        chunk = metrics[start : start + 1000]
-        remote_client.log_batch(
-            remote_run_id,
-            metrics=chunk,
-            params=params if start == 0 else [],
-            tags=tags if start == 0 else [],
-        )
-    with tempfile.TemporaryDirectory() as folder:
-        if local_client.list_artifacts(run_id):
-            downloaded = Path(local_client.download_artifacts(run_id, "", folder))
-            report.artifacts += sum(1 for p in downloaded.rglob("*") if p.is_file())
-            remote_client.log_artifacts(remote_run_id, str(downloaded))
-    if local.info.status != "RUNNING":
-        remote_client.set_terminated(remote_run_id, local.info.status, local.info.end_time)
-    report.metrics += len(metrics)
-    report.params += len(params)
-    report.runs.append(remote_run_id)
-
-
-def _history(client: mlflow.MlflowClient, run_id: str, key: str) -> list[Metric]:
-    return list(client.get_metric_history(run_id, key))
-
-
-def sync_offline_store(folder: str | Path, target_uri: str | None = None) -> SyncReport:
-    """Replays every run of a fallback store onto a tracking server.
+    After the artifacts are logged and before the run is closed, :class:`ModelRegistration`
+    logs and registers the best checkpoint in the same run. A bundle disables this handler on
+    ranks other than 0, so only rank 0 registers.
 
     Args:
-        folder: The fallback folder (holding ``mlruns.db``).
-        target_uri: The server; defaults to the one recorded when the store was created, then to
-            ``MLFLOW_TRACKING_URI``.
-
-    Returns:
-        What was copied.
-
-    Raises:
-        FileNotFoundError: If the folder holds no fallback store.
-        ValueError: If no target server is known.
-        MlflowException: If the server is still unreachable (nothing is marked as synced).
+        registration: What to register (``None``: track only, as ``ResilientMLFlowHandler``).
+        **kwargs: Arguments of :class:`ResilientMLFlowHandler`.
     """
-    folder = Path(folder)
-    if not (folder / STORE_FILE).is_file():
-        raise FileNotFoundError(f"no offline tracking store in {folder} (expected {STORE_FILE})")
-    target = target_uri or recorded_target(folder) or os.environ.get("MLFLOW_TRACKING_URI")
-    if not target:
-        raise ValueError(f"no target server for {folder}: pass one or set MLFLOW_TRACKING_URI")
-    local_client = mlflow.MlflowClient(local_store_uri(folder))
-    remote_client = mlflow.MlflowClient(target)
-    report = SyncReport()
-    for experiment in local_client.search_experiments():
-        runs = local_client.search_runs([experiment.experiment_id], max_results=10_000)
-        for local in runs:
-            if local.data.tags.get(SYNCED_TAG):
-                continue
-            experiment_id = _remote_experiment(remote_client, experiment.name)
-            remote_run_id = _remote_run(remote_client, experiment_id, local)
-            _copy_run(local_client, remote_client, local, remote_run_id, report)
-            local_client.set_tag(local.info.run_id, SYNCED_TAG, remote_run_id)
-    _write_state(folder, target, pending=False)
-    return report
+
+    def __init__(self, registration: ModelRegistration | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.registration = registration
+
+    def complete(self) -> None:
+        """Logs the artifacts, then registers the model."""
+        super().complete()
+        if self.registration is not None:
+            self.registration.register(self)

@@ -6,10 +6,10 @@ code, so ``mlflow.pytorch.load_model`` returns the original ``nn.Module`` (MLflo
 a new version of a registered model; the alias ``champion`` moves to the new version only when its
 key metric beats the current champion's.
 
-In a bundle run, :class:`RegisteringMLFlowHandler` (the trainer's MLflow handler) registers the
-best checkpoint through :class:`ModelRegistration` when training completes. During a tracking
-outage the registration is postponed and :func:`register_pending` (``thyroid-monai register``)
-completes it later.
+In a bundle run, :class:`~thyroid_monai.tracking.handlers.RegisteringMLFlowHandler` (the
+trainer's MLflow handler) registers the best checkpoint through :class:`ModelRegistration` when
+training completes. During a tracking outage the registration is postponed and
+:func:`register_pending` (``thyroid-monai register``) completes it later.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.pytorch
@@ -36,18 +36,16 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import Schema, TensorSpec
 
 from thyroid_monai.io.files import write_json_atomic
-from thyroid_monai.offline_tracking import (
-    SYNCED_TAG,
-    ResilientMLFlowHandler,
-    is_unreachable,
-    local_store_uri,
-)
+from thyroid_monai.tracking.offline import SYNCED_TAG, is_unreachable, local_store_uri
+
+if TYPE_CHECKING:  # the handler module imports this one
+    from thyroid_monai.tracking.handlers import ResilientMLFlowHandler
 
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # thyroid_monai/, logged as the model's code
 
 
 @dataclass(frozen=True)
@@ -408,29 +406,6 @@ class ModelRegistration:
             reason,
             run_dir,
         )
-
-
-class RegisteringMLFlowHandler(ResilientMLFlowHandler):
-    """The trainer's MLflow handler that also registers the model when training completes.
-
-    After the artifacts are logged and before the run is closed, :class:`ModelRegistration`
-    logs and registers the best checkpoint in the same run. A bundle disables this handler on
-    ranks other than 0, so only rank 0 registers.
-
-    Args:
-        registration: What to register (``None``: track only, as ``ResilientMLFlowHandler``).
-        **kwargs: Arguments of :class:`~thyroid_monai.offline_tracking.ResilientMLFlowHandler`.
-    """
-
-    def __init__(self, registration: ModelRegistration | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.registration = registration
-
-    def complete(self) -> None:
-        """Logs the artifacts, then registers the model."""
-        super().complete()
-        if self.registration is not None:
-            self.registration.register(self)
 
 
 def _record(folder: Path, registration: Registration, run_id: str, uri: str | None) -> None:
