@@ -179,6 +179,7 @@ class TaskSet:
         """What a tracked run records about the tasks."""
         return {
             "learned": ",".join(self.output_keys),
+            "num_classes": self.num_classes,
             "level_from": self.level_from if self.level else None,
             "label_grouping": self.label_grouping,
             "tirads_scheme": self.tirads_scheme,

@@ -14,6 +14,7 @@ from thyroid_monai.engine import MultitaskTrainer
 from thyroid_monai.io.checkpoints import load_checkpoint
 from thyroid_monai.losses import MultitaskLoss
 from thyroid_monai.mtl import GRADIENT_METHODS, GradientAggregator, build_gradient_method
+from thyroid_monai.mtl.registry import method_options
 from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.synthetic import Phantom, PhantomConfig
 from thyroid_monai.synthetic.render import RenderSettings
@@ -78,7 +79,12 @@ def test_bundle_tracks_gradient_diagnostics_and_checkpoints_learned_weights(tmp_
     client = mlflow.MlflowClient(sqlite_uri(tracking_store(run_dir)))
     experiment = client.get_experiment_by_name("thyroid_us_multitask")
     (run,) = client.search_runs([experiment.experiment_id])
-    assert run.data.params["gradient_method"].startswith("CameGrad(")
+    # The params describe the method that ran: its name and its options, nothing else.
+    method_params = {k: v for k, v in run.data.params.items() if k.startswith("gradient_method")}
+    assert method_params == {
+        "gradient_method.name": "camegrad",
+        **{f"gradient_method.{k}": str(v) for k, v in method_options("camegrad").items()},
+    }
     for metric in ("train_grad_cos_seg_cls", "train_conflict", "train_grad_norm_seg",
                    "train_weight_cls", "train_combined_to_joint_norm"):  # fmt: skip
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2]

@@ -116,8 +116,9 @@ def test_each_variant_trains_and_is_tracked(phantom: Path, tmp_path: Path, varia
     assert (tmp_path / "models" / "model.pt").is_file()
     assert (tmp_path / "eval" / "validation_report.md").is_file()
     if variant == "radiomics_rlar":
-        assert "RLAR(weight=0.05" in run.data.params["rlar"]
-        assert run.data.params["tasks"] == "['seg', 'cls', 'rad']"
+        assert run.data.params["rlar.weight"] == "0.05"
+        assert run.data.params["rlar.warmup_epochs"] == "0"  # the override
+        assert run.data.params["tasks.learned"] == "seg,cls,rad"
 
 
 def test_evaluation_reports_readers_and_truth_side_by_side_and_training_resumes(

@@ -6,7 +6,7 @@ from thyroid_monai.engine.checkpoints import (
     TrainingCheckpointSaver,
 )
 from thyroid_monai.engine.console import EpochSummary
-from thyroid_monai.engine.distributed import BufferAveraging
+from thyroid_monai.engine.distributed import BufferAveraging, is_not_rank0
 from thyroid_monai.engine.evaluator import MultitaskEvaluator
 from thyroid_monai.engine.metrics import LevelScore, MultitaskScores, key_metric
 from thyroid_monai.engine.optimisation import adamw, warmup_cosine
@@ -32,6 +32,7 @@ __all__ = [
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
     "adamw",
+    "is_not_rank0",
     "key_metric",
     "warmup_cosine",
 ]

@@ -143,17 +143,29 @@ class TrainingCheckpointLoader(CheckpointLoader):
     until the engine's ``max_epochs``.
 
     Args:
+        load_path: The checkpoint to continue from; None: a fresh run, the handler does nothing
+            (``resume_from: auto`` with no checkpoint yet).
+        load_dict: The objects to restore (``model``, ``optimizer``...).
         key: Name of the engine's entry in the checkpoint.
-        **kwargs: Arguments of ``monai.handlers.CheckpointLoader`` (``load_path``,
-            ``load_dict``...).
+        **kwargs: Further arguments of ``monai.handlers.CheckpointLoader``.
     """
 
-    def __init__(self, key: str = "trainer", **kwargs: Any):
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        load_path: str | Path | None,
+        load_dict: dict[str, Any],
+        key: str = "trainer",
+        **kwargs: Any,
+    ):
+        self.load_path = load_path
         self.engine_key = key
+        if load_path is not None:
+            super().__init__(load_path=str(load_path), load_dict=load_dict, **kwargs)
 
     def attach(self, engine: Engine) -> None:
         """Adds ``engine`` to the loaded objects, then attaches as ``CheckpointLoader`` does."""
+        if self.load_path is None:
+            return
         if not Path(self.load_path).is_file():
             raise FileNotFoundError(f"checkpoint to resume from not found: {self.load_path}")
         self.load_dict[self.engine_key] = engine

@@ -1,11 +1,20 @@
-"""The handler that keeps the ranks of a data-parallel training on one model."""
+"""Data-parallel training: the handler that keeps the ranks on one model, and who writes."""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from thyroid_monai.mtl.distributed import average_buffers
+
+
+def is_not_rank0() -> bool:
+    """True in every process but the first of a process group: those write nothing.
+
+    Checkpoints, reports and tracking records come from rank 0 only.
+    """
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() > 0
 
 
 class BufferAveraging:
@@ -33,4 +42,7 @@ class BufferAveraging:
         average_buffers(self.network)
 
 
-__all__ = ["BufferAveraging"]
+__all__ = [
+    "BufferAveraging",
+    "is_not_rank0",
+]

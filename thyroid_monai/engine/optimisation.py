@@ -14,7 +14,7 @@ def adamw(
     network: torch.nn.Module,
     gradient_method: GradientMethod,
     lr: float,
-    weight_decay: float,
+    weight_decay: float = 1e-4,
 ) -> torch.optim.AdamW:
     """AdamW over the network's parameters and those the gradient method learns (task weights).
 

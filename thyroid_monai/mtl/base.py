@@ -117,6 +117,10 @@ class GradientMethod(ABC):
         """
         return {option: getattr(self, option) for option in option_names(type(self))}
 
+    def tracking_params(self) -> dict[str, Any]:
+        """What a tracked run records: the registry name and the options."""
+        return {"name": self.name, **self.options()}
+
     def _describe(self) -> dict[str, Any]:
         return {"task_weights": self.task_weights} if self.task_weights else {}
 

@@ -18,11 +18,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 
-def is_not_rank0() -> bool:
-    """True in every process but the first of an initialised process group (they write nothing)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_rank() > 0
-
-
 def is_data_parallel(network: torch.nn.Module) -> bool:
     """True for a DistributedDataParallel-wrapped network in an initialised process group."""
     return (

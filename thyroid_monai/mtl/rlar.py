@@ -299,8 +299,8 @@ class RLAR:
             )
         network.expose_encoder_maps = True
 
-    def options(self) -> dict[str, Any]:
-        """The constructor options and the values it runs with (tracking params)."""
+    def tracking_params(self) -> dict[str, Any]:
+        """What a tracked run records: the constructor options and their values."""
         return self._describe()
 
     def _describe(self) -> dict[str, Any]:

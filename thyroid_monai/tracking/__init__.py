@@ -1,6 +1,6 @@
 """Experiment tracking with MLflow: params, figures, the offline fallback, the model registry.
 
-* :mod:`~thyroid_monai.tracking.params`: the merged bundle config as MLflow params.
+* :mod:`~thyroid_monai.tracking.params`: a run's components and settings as MLflow params.
 * :mod:`~thyroid_monai.tracking.figures`: the gradient-diagnostics, confusion-matrix and
   sample-overlay figures a tracked run logs.
 * :mod:`~thyroid_monai.tracking.offline`: the local store that holds the records while the

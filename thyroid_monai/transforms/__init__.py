@@ -8,7 +8,12 @@ from thyroid_monai.transforms.geometry import (
     undo_fit,
 )
 from thyroid_monai.transforms.labels import TiradsToIndex, TiradsToIndexd
-from thyroid_monai.transforms.pipeline import loading_transforms, training_augmentation
+from thyroid_monai.transforms.pipeline import (
+    evaluation_preprocessing,
+    loading_transforms,
+    training_augmentation,
+    training_preprocessing,
+)
 from thyroid_monai.transforms.readers import (
     RandReaderd,
     ReaderMode,
@@ -39,11 +44,13 @@ __all__ = [
     "SoftReaderLabelsd",
     "TiradsToIndex",
     "TiradsToIndexd",
+    "evaluation_preprocessing",
     "fit_geometry",
     "loading_transforms",
     "radiomics_feature_count",
     "radiomics_feature_names",
     "reader_transform",
     "training_augmentation",
+    "training_preprocessing",
     "undo_fit",
 ]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.transforms import (
+    Compose,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -23,6 +24,7 @@ from thyroid_monai import keys
 from thyroid_monai.transforms.geometry import ResizeToFitd
 from thyroid_monai.transforms.labels import TiradsToIndexd
 from thyroid_monai.transforms.readers import ReaderMode, reader_transform
+from thyroid_monai.transforms.select import SelectTaskItemsd
 from thyroid_monai.transforms.targets import (
     DescriptorsToIndicesd,
     MissingTargetsd,
@@ -125,3 +127,34 @@ def training_augmentation(
         RandScaleIntensityd(keys=keys.IMAGE, factors=intensity_factor, prob=0.5),
         RandAdjustContrastd(keys=keys.IMAGE, gamma=gamma, prob=0.3),
     ]
+
+
+def training_preprocessing(
+    tasks: TaskSet,
+    image_size: Sequence[int],
+    reader_mode: ReaderMode = "consensus",
+    **augmentation: Any,
+) -> Compose:
+    """Training's pipeline: the fields the tasks use, loading, then augmentation.
+
+    :func:`loading_transforms`, then :func:`training_augmentation` (``augmentation`` are its
+    options). A ``CacheDataset`` caches every step before the first random one.
+    """
+    return Compose(
+        [
+            SelectTaskItemsd(tasks, reader_mode),
+            *loading_transforms(tasks, image_size),
+            *training_augmentation(tasks, reader_mode, **augmentation),
+        ]
+    )
+
+
+def evaluation_preprocessing(tasks: TaskSet, image_size: Sequence[int]) -> Compose:
+    """Validation's and evaluation's pipeline: consensus targets, references, then loading.
+
+    Never a sampled reader; the references are those of the side-by-side scores (the phantom's
+    truth, the spacing); then :func:`loading_transforms`.
+    """
+    return Compose(
+        [SelectTaskItemsd(tasks, references=True), *loading_transforms(tasks, image_size)]
+    )

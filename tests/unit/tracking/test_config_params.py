@@ -1,4 +1,4 @@
-"""The merged bundle config as MLflow params: flattening, resolving, MLflow's rules."""
+"""A run's MLflow params: components describe themselves, written settings, MLflow's rules."""
 
 import json
 import logging
@@ -39,44 +39,46 @@ MERGED = {
 }  # fmt: skip
 
 
-def test_every_leaf_becomes_a_param_with_cheap_expressions_resolved():
+def test_written_values_become_params_and_derived_ones_are_left_out():
     params = config_params(write_config(MERGED))
     assert params["image_size"] == "[64, 64]"  # a list of plain values is one param
     assert params["learning_rate"] == "0.001"
-    assert params["scale"] == "31.622776601683793"  # an expression over plain values: its value
-    assert params["network_def.in_features"] == "64"  # a reference inside a component
+    assert params["class_weights"] == "None"
     assert params["network_def._target_"] == "torch.nn.Linear"
-    assert params["loss.weight"] == "None"  # a reference to None is resolved too
-    assert params["network"] == "$@network_def.to('cpu')"  # refers to a component: kept as text
+    assert params["network_def.out_features"] == "2"
     assert params["transforms.0.keys"] == "['image']"  # lists of components are indexed
     assert params["transforms.1._target_"] == "Identity"
-    assert params["validate.transforms"] == "%transforms"  # macros stay text
-    assert params["missing"] == "$open('/no/such/file').read()"  # fails to evaluate: text
+    # references, expressions and macros derive from what is logged, or build objects
+    for derived in ("scale", "network_def.in_features", "network", "loss.weight",
+                    "validate.transforms", "validate.size", "missing"):  # fmt: skip
+        assert derived not in params
     assert "run" not in params
     assert "imports" not in params
 
 
-def test_nothing_is_instantiated_while_resolving():
-    config = dict(MERGED, probe="$@network_def.out_features")  # would need the Linear
-    params = config_params(write_config(config))
-    assert params["probe"] == "$@network_def.out_features"
+class Method:
+    def tracking_params(self):
+        return {"name": "camegrad", "rho": 0.5}
 
 
-def test_resolving_can_be_switched_off_and_extras_win():
-    extra = {"learning_rate": 0.5, "gradient_method": "WeightedSum()"}
-    params = config_params(write_config(MERGED), resolve=False, extra=extra)
-    assert params["scale"] == "$math.sqrt(@learning_rate * 1e6)"
-    assert params["learning_rate"] == "0.5"
-    assert params["gradient_method"] == "WeightedSum()"
+def test_components_describe_themselves_instead_of_their_config():
+    config = dict(MERGED, gradient_method={"_target_": "x.build", "name": "sum", "rho": 0.7},
+                  rlar={"_target_": "x.optional_rlar", "enabled": False})  # fmt: skip
+    components = {"gradient_method": Method(), "rlar": None}
+    params = config_params(write_config(config), components=components)
+    assert params["gradient_method.name"] == "camegrad"  # what ran, not what a file said
+    assert params["gradient_method.rho"] == "0.5"
+    assert "gradient_method._target_" not in params
+    assert params["rlar"] == "off"
+    assert "rlar.enabled" not in params
+    with pytest.raises(TypeError, match="tracking_params"):
+        config_params(write_config(config), components={"loss": object()})
 
 
-def test_values_are_cut_to_the_limit_and_long_results_keep_their_expression():
-    config = {"notes": "x" * 900, "many": "$list(range(400))", "few": "$list(range(3))"}
-    params = config_params(write_config(config), value_limit=500)
+def test_values_are_cut_to_the_limit():
+    params = config_params(write_config({"notes": "x" * 900}), value_limit=500)
     assert len(params["notes"]) == 500
     assert params["notes"].endswith("...")
-    assert params["many"] == "$list(range(400))"  # the value would not fit: the text is clearer
-    assert params["few"] == "[0, 1, 2]"
 
 
 def test_keys_follow_mlflow_rules_and_stay_unique():
@@ -99,7 +101,7 @@ def test_values_as_mlflow_stores_them():
 def test_missing_config_file_is_named():
     with pytest.raises(FileNotFoundError, match=r"nowhere\.json"):
         config_params("nowhere.json")
-    assert config_params(None, extra={"a": 1}) == {"a": "1"}
+    assert config_params(None, components={"m": Method()}) == {"m.name": "camegrad", "m.rho": "0.5"}
 
 
 def test_handler_logs_hundreds_of_params_and_keeps_first_values_on_a_second_start(caplog):
