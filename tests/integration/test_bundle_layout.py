@@ -165,7 +165,7 @@ def test_torchscript_export_reproduces_the_eager_mask_and_level(
     )
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(str(exported), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"] == "0.2.0"
+    assert json.loads(extra["metadata.json"])["version"] == "0.3.0"
 
     parser = ConfigParser()
     parser.read_config(str(trained_run / RUN_CONFIG))
