@@ -187,7 +187,8 @@ def rlar_breakdown(
     return {name: round(statistics.median(values), 4) for name, values in phases.items()}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The options, with the batch, size, repeats and warm-up of ``--quick`` or the full run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 2, 64x64, 3 repeats, 1 warm-up")
     parser.add_argument("--methods", nargs="+", help="configurations to time (sum is always)")
@@ -205,23 +206,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, default in zip(("batch", "size", "repeats", "warmup"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    num_classes = 5
-    model = MultitaskUNet(
-        num_classes=num_classes, backbone=args.backbone, decoder_norm=args.decoder_norm
-    )
-    device = torch.device(args.device)
-    batch = phantom_batch(args.batch, args.size, num_classes)
-    chosen = configurations(args.methods)
+    return args
+
+
+def build_trainers(
+    model: MultitaskUNet, methods: list[str] | None, device: torch.device, errors: dict[str, str]
+) -> dict[str, MultitaskTrainer]:
+    """A trainer per configuration; those that cannot be built are skipped into ``errors``."""
     trainers: dict[str, MultitaskTrainer] = {}
-    errors: dict[str, str] = {}
-    for name, (method, options) in chosen.items():
+    for name, (method, options) in configurations(methods).items():
         try:
             trainers[name] = build_trainer(model, method, options, device)
         except Exception as error:
             errors[name] = f"{type(error).__name__}: {error}"
             print(f"skipping {name}: {errors[name]}")
+    return trainers
+
+
+def time_steps(
+    trainers: dict[str, MultitaskTrainer],
+    batch: dict[str, torch.Tensor],
+    args: argparse.Namespace,
+    device: torch.device,
+    errors: dict[str, str],
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[bool]]]:
+    """Wall and CPU seconds per step of each trainer, interleaved by round, and RLAR activity.
+
+    A trainer that fails is dropped into ``errors``.
+    """
     cycle = {
         name: trainer.regulariser.every if trainer.regulariser is not None else 1
         for name, trainer in trainers.items()
@@ -238,7 +250,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         return run
 
-    load_before = os.getloadavg()
     wall: dict[str, list[float]] = {name: [] for name in trainers}
     cpu: dict[str, list[float]] = {name: [] for name in trainers}
     for round_index in range(args.warmup + args.repeats):
@@ -253,6 +264,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 wall[name].append(seconds[0])
                 cpu[name].append(seconds[1])
         trainers = {name: t for name, t in trainers.items() if name not in errors}
+    return wall, cpu, active
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_arguments(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    num_classes = 5
+    model = MultitaskUNet(
+        num_classes=num_classes, backbone=args.backbone, decoder_norm=args.decoder_norm
+    )
+    device = torch.device(args.device)
+    batch = phantom_batch(args.batch, args.size, num_classes)
+    errors: dict[str, str] = {}
+    trainers = build_trainers(model, args.methods, device, errors)
+    load_before = os.getloadavg()
+    wall, cpu, active = time_steps(trainers, batch, args, device, errors)
     load_after = os.getloadavg()
     medians = {name: statistics.median(values) for name, values in wall.items() if values}
     cpu_medians = {name: statistics.median(values) for name, values in cpu.items() if values}

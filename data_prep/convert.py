@@ -319,67 +319,64 @@ def _run(tasks: list[tuple[SourceCase, str]], workers: int) -> Iterator[_Outcome
         yield from pool.map(_convert_one, tasks, chunksize=4)
 
 
-def convert_dataset(
-    cases: Sequence[SourceCase],
-    rejections: Iterable[Rejection],
-    out_dir: str | Path,
-    *,
-    header: Mapping[str, Any],
-    split: SplitOptions,
-    options: Mapping[str, Any],
-    workers: int = 1,
-    progress: bool = True,
-) -> ConversionResult:
-    """Converts every case (reusing finished ones) and writes datalist, manifest and rejects.
+def _find_reusable(
+    cases: Sequence[SourceCase], out: Path
+) -> tuple[dict[str, dict[str, Any]], list[tuple[SourceCase, str]], list[Rejection]]:
+    """The records of cases converted before, the cases left to convert and their skipped files.
 
-    Args:
-        cases: The cases found by a converter.
-        rejections: Files the converter already refused while looking for cases.
-        out_dir: Output folder.
-        header: Dataset fields of the datalist (name, source, ``tirads_scheme``...).
-        split: Folds and held-out set.
-        options: The converter's options, recorded in the manifest.
-        workers: Conversion processes.
-        progress: Show a progress bar.
-
-    Returns:
-        Counts, rejections and the datalist path (``None`` when nothing converted).
+    Raises:
+        ValueError: If the converter produced duplicate case keys.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     keys_seen = [case.key for case in cases]
     if len(set(keys_seen)) != len(keys_seen):
         raise ValueError("converter produced duplicate case keys")
-    rejected = list(rejections)
     records: dict[str, dict[str, Any]] = {}
     todo = []
+    skipped: list[Rejection] = []
     for case in cases:
         record = _reusable(case, out)
         if record is None:
             todo.append((case, str(out)))
         else:
             records[case.key] = record
-            rejected.extend(
+            skipped.extend(
                 Rejection(path, reason, SKIPPED) for path, reason in record.get("skipped", [])
             )
+    return records, todo, skipped
+
+
+def _convert_all(
+    todo: list[tuple[SourceCase, str]],
+    records: dict[str, dict[str, Any]],
+    rejected: list[Rejection],
+    *,
+    total: int,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Converts the cases left, adding their records and rejections."""
     reused = len(records)
     with tqdm(
-        total=len(cases), initial=reused, desc="converting", unit="case", disable=not progress
+        total=total, initial=reused, desc="converting", unit="case", disable=not progress
     ) as bar:
         for outcome in _run(todo, workers):
             if outcome.record is not None:
                 records[outcome.key] = outcome.record
             rejected.extend(outcome.rejections)
             bar.update(1)
-    ordered = [records[c.key] for c in cases if c.key in records]
-    samples = [s for record in ordered for s in record["samples"]]
-    case_ids = [s["item"][keys.CASE_ID] for s in samples]
-    if len(set(case_ids)) != len(case_ids):
-        duplicates = sorted({c for c in case_ids if case_ids.count(c) > 1})
-        raise ValueError(f"case IDs are not unique: {duplicates[:5]}")
-    _write_rejected(out / "rejected.csv", rejected)
-    generator = f"thyroid_monai {thyroid_monai.__version__}"
-    manifest = {
+
+
+def _manifest(
+    ordered: list[dict[str, Any]],
+    rejected: list[Rejection],
+    *,
+    generator: str,
+    header: Mapping[str, Any],
+    split: SplitOptions,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The provenance of the conversion: options, split, each case's sources and outputs."""
+    return {
         "generator": generator,
         "source": header.get("source"),
         "options": dict(options),
@@ -409,9 +406,17 @@ def convert_dataset(
         "rejected": len(rejected),
         "failed": sum(1 for r in rejected if r.failed),
     }
-    write_json_atomic(out / "manifest.json", manifest)
-    if not samples:
-        return ConversionResult(None, len(todo), reused, rejected, 0)
+
+
+def _write_split_datalist(
+    out: Path,
+    samples: list[dict[str, Any]],
+    *,
+    generator: str,
+    header: Mapping[str, Any],
+    split: SplitOptions,
+) -> Path:
+    """Splits the samples into folds and a held-out set and writes the datalist."""
     items = [dict(s["item"], source=header.get("source")) for s in samples]
     digests = [s["image_sha256"] for s in samples]
     training, testing = split_dataset(
@@ -430,7 +435,56 @@ def convert_dataset(
         "axes": "x (lateral) first, y (depth) second; spacing [x_mm, y_mm], null when unknown",
         "folds": split.folds,
     }
-    datalist = write_datalist(out / "datalist.json", full_header, training, testing)
+    return write_datalist(out / "datalist.json", full_header, training, testing)
+
+
+def convert_dataset(
+    cases: Sequence[SourceCase],
+    rejections: Iterable[Rejection],
+    out_dir: str | Path,
+    *,
+    header: Mapping[str, Any],
+    split: SplitOptions,
+    options: Mapping[str, Any],
+    workers: int = 1,
+    progress: bool = True,
+) -> ConversionResult:
+    """Converts every case (reusing finished ones) and writes datalist, manifest and rejects.
+
+    Args:
+        cases: The cases found by a converter.
+        rejections: Files the converter already refused while looking for cases.
+        out_dir: Output folder.
+        header: Dataset fields of the datalist (name, source, ``tirads_scheme``...).
+        split: Folds and held-out set.
+        options: The converter's options, recorded in the manifest.
+        workers: Conversion processes.
+        progress: Show a progress bar.
+
+    Returns:
+        Counts, rejections and the datalist path (``None`` when nothing converted).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records, todo, skipped = _find_reusable(cases, out)
+    rejected = [*rejections, *skipped]
+    reused = len(records)
+    _convert_all(todo, records, rejected, total=len(cases), workers=workers, progress=progress)
+    ordered = [records[c.key] for c in cases if c.key in records]
+    samples = [s for record in ordered for s in record["samples"]]
+    case_ids = [s["item"][keys.CASE_ID] for s in samples]
+    if len(set(case_ids)) != len(case_ids):
+        duplicates = sorted({c for c in case_ids if case_ids.count(c) > 1})
+        raise ValueError(f"case IDs are not unique: {duplicates[:5]}")
+    _write_rejected(out / "rejected.csv", rejected)
+    generator = f"thyroid_monai {thyroid_monai.__version__}"
+    manifest = _manifest(
+        ordered, rejected, generator=generator, header=header, split=split, options=options
+    )
+    write_json_atomic(out / "manifest.json", manifest)
+    if not samples:
+        return ConversionResult(None, len(todo), reused, rejected, 0)
+    datalist = _write_split_datalist(out, samples, generator=generator, header=header, split=split)
     return ConversionResult(datalist, len(todo), reused, rejected, len(samples))
 
 

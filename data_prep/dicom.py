@@ -299,6 +299,59 @@ def _discover_file(
     return sop_class, [uid]
 
 
+@dataclass
+class _Tree:
+    """The DICOM files of a source tree: ultrasound images, SEG masks and the files refused."""
+
+    images: list[tuple[Path, str]] = field(default_factory=list)
+    """Each image with its SOP Instance UID, in path order."""
+    segmentations: dict[str, Path] = field(default_factory=dict)
+    """The SEG file of each referenced SOP Instance UID."""
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def _scan_tree(root: Path, masks: Path | None, skip: set[Path]) -> _Tree:
+    """Reads the header of every file under ``root`` (hidden ones, ``skip`` and masks aside)."""
+    tree = _Tree()
+    seen: dict[str, str] = {}
+    seg_files: dict[Path, list[str]] = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.resolve() in skip or (
+            masks is not None and masks.resolve() in path.resolve().parents
+        ):
+            continue
+        found = _discover_file(path, relative.as_posix(), seen)
+        if isinstance(found, Rejection):
+            tree.rejections.append(found)
+        elif found[0] == SEGMENTATION_STORAGE:
+            seg_files[path] = found[1]
+            for uid in found[1]:
+                tree.segmentations[uid] = path
+        else:
+            tree.images.append((path, found[1][0]))
+    known = {uid for _, uid in tree.images}
+    for path, referenced in seg_files.items():
+        if not set(referenced) & known:
+            tree.rejections.append(
+                Rejection(
+                    path.relative_to(root).as_posix(),
+                    "a DICOM SEG referencing no ultrasound image here",
+                    SKIPPED,
+                )
+            )
+    return tree
+
+
+def _png_masks(masks: Path, key: str, uid: str) -> list[Path]:
+    """The PNG masks of an image: named after its path (``_f<frame>`` for cines) or its UID."""
+    stem = Path(key).with_suffix("")
+    pngs = sorted((masks / stem.parent).glob(f"{stem.name}*.png"))
+    return pngs + [p for p in [masks / f"{uid}.png"] if p.is_file()]
+
+
 def discover_dicom(
     in_dir: str | Path,
     out_dir: str | Path,
@@ -326,48 +379,13 @@ def discover_dicom(
         raise FileNotFoundError(f"masks folder not found: {masks}")
     labels = read_labels_csv(labels_csv, ["file", "sop_instance_uid"]) if labels_csv else {}
     skip = {Path(labels_csv).resolve()} if labels_csv else set()
-    images: list[tuple[Path, str]] = []
-    segmentations: dict[str, Path] = {}
-    rejections = []
-    seen: dict[str, str] = {}
-    seg_files: dict[Path, list[str]] = {}
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.resolve() in skip or (
-            masks is not None and masks.resolve() in path.resolve().parents
-        ):
-            continue
-        found = _discover_file(path, relative.as_posix(), seen)
-        if isinstance(found, Rejection):
-            rejections.append(found)
-        elif found[0] == SEGMENTATION_STORAGE:
-            seg_files[path] = found[1]
-            for uid in found[1]:
-                segmentations[uid] = path
-        else:
-            images.append((path, found[1][0]))
-    known = {uid for _, uid in images}
-    for path, referenced in seg_files.items():
-        if not set(referenced) & known:
-            rejections.append(
-                Rejection(
-                    path.relative_to(root).as_posix(),
-                    "a DICOM SEG referencing no ultrasound image here",
-                    SKIPPED,
-                )
-            )
+    tree = _scan_tree(root, masks, skip)
     cases = []
-    for path, uid in images:
+    for path, uid in tree.images:
         key = path.relative_to(root).as_posix()
         row = labels.get(key) or labels.get(uid)
-        segmentation = segmentations.get(uid)
-        pngs: list[Path] = []
-        if masks is not None:
-            stem = Path(key).with_suffix("")
-            pngs = sorted((masks / stem.parent).glob(f"{stem.name}*.png"))
-            pngs += [p for p in [masks / f"{uid}.png"] if p.is_file()]
+        segmentation = tree.segmentations.get(uid)
+        pngs = _png_masks(masks, key, uid) if masks is not None else []
         files = (path,) + ((segmentation,) if segmentation else ()) + tuple(pngs)
         cases.append(
             DicomCase(
@@ -385,4 +403,4 @@ def discover_dicom(
                 deid=deid,
             )
         )
-    return cases, rejections
+    return cases, tree.rejections

@@ -94,6 +94,59 @@ def _cache_key_or_reason(
         return None, safe_reason(error)
 
 
+@dataclass
+class _Work:
+    """The features of each item: known (raw, by item index), failed, or still to compute."""
+
+    raw: dict[int, list[float | None]] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    """The reason of each item whose features could not be computed."""
+    tasks: list[tuple[str, str, list[float] | None, RadiomicsSettings, str]] = field(
+        default_factory=list
+    )
+    """The arguments of :func:`_compute` of each pending item."""
+    pending: list[int] = field(default_factory=list)
+
+
+def _plan(items: list[dict[str, Any]], base: Path, settings: RadiomicsSettings) -> _Work:
+    """What is known of each item (no mask, unreadable, cached) and the tasks left to compute."""
+    work = _Work()
+    for index, item in enumerate(items):
+        if not item.get(keys.LABEL):
+            work.raw[index] = [None] * len(FEATURES)
+            continue
+        key, reason = _cache_key_or_reason(item, base, settings)
+        if reason is not None:
+            work.failed[index] = reason
+            continue
+        cache_path = base / CACHE / f"{key}.json"
+        if cache_path.is_file():
+            cached = json.loads(cache_path.read_text(encoding="utf-8"))
+            if cached.get("features") == list(FEATURES):
+                work.raw[index] = cached["values"]
+                continue
+        work.pending.append(index)
+        work.tasks.append((str(base / item[keys.IMAGE]), str(base / item[keys.LABEL]),
+                           item.get(keys.SPACING), settings, str(cache_path)))  # fmt: skip
+    return work
+
+
+def _compute_pending(work: _Work, *, workers: int, progress: bool) -> None:
+    """Computes the pending features (in ``workers`` processes), recording values or failures."""
+    tasks, pending = work.tasks, work.pending
+    with tqdm(total=len(tasks), desc="radiomics", unit="img", disable=not progress) as bar:
+        if workers > 1 and len(tasks) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                results = pool.map(_compute, tasks, chunksize=2)
+                for index, values in zip(pending, results, strict=True):
+                    _record(index, values, work.raw, work.failed)
+                    bar.update(1)
+        else:
+            for index, task in zip(pending, tasks, strict=True):
+                _record(index, _compute(task), work.raw, work.failed)
+                bar.update(1)
+
+
 def write_radiomics_targets(
     datalist_path: str | Path,
     *,
@@ -122,38 +175,10 @@ def write_radiomics_targets(
     datalist = load_datalist(path)
     base = path.parent
     items = datalist["training"] + datalist.get("testing", [])
-    raw: dict[int, list[float | None]] = {}
-    failed: dict[int, str] = {}
-    tasks, pending = [], []
-    for index, item in enumerate(items):
-        if not item.get(keys.LABEL):
-            raw[index] = [None] * len(FEATURES)
-            continue
-        key, reason = _cache_key_or_reason(item, base, settings)
-        if reason is not None:
-            failed[index] = reason
-            continue
-        cache_path = base / CACHE / f"{key}.json"
-        if cache_path.is_file():
-            cached = json.loads(cache_path.read_text(encoding="utf-8"))
-            if cached.get("features") == list(FEATURES):
-                raw[index] = cached["values"]
-                continue
-        pending.append(index)
-        tasks.append((str(base / item[keys.IMAGE]), str(base / item[keys.LABEL]),
-                      item.get(keys.SPACING), settings, str(cache_path)))  # fmt: skip
-    cached_count = len(raw) - sum(1 for i in raw if not items[i].get(keys.LABEL))
-    with tqdm(total=len(tasks), desc="radiomics", unit="img", disable=not progress) as bar:
-        if workers > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                results = pool.map(_compute, tasks, chunksize=2)
-                for index, values in zip(pending, results, strict=True):
-                    _record(index, values, raw, failed)
-                    bar.update(1)
-        else:
-            for index, task in zip(pending, tasks, strict=True):
-                _record(index, _compute(task), raw, failed)
-                bar.update(1)
+    work = _plan(items, base, settings)
+    cached_count = len(work.raw) - sum(1 for i in work.raw if not items[i].get(keys.LABEL))
+    _compute_pending(work, workers=workers, progress=progress)
+    raw, failed, tasks, pending = work.raw, work.failed, work.tasks, work.pending
     for index in failed:
         raw[index] = [None] * len(FEATURES)
     failures = [(str(items[i].get(keys.CASE_ID, i)), failed[i]) for i in sorted(failed)]

@@ -21,27 +21,37 @@ THYROID_MONAI_DEBUG=1 for the traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from data_prep.sources import (
+    SOURCES,
+    ConvertOptions,
+    OptionError,
+    add_convert_arguments,
+    convert_source,
+)
+from data_prep.sources.dicom import SALT_VARIABLE
+from thyroid_monai.arguments import (
+    at_least,
+    class_mix,
+    existing,
+    fraction,
+    frames,
+    probability,
+)
 from thyroid_monai.tirads import ACR_LEVELS
 
 if TYPE_CHECKING:  # heavy imports happen inside the subcommands, so `--help` stays fast
-    from data_prep.convert import ConversionResult, Rejection, SourceCase
     from thyroid_monai.synthetic import PhantomConfig
 
-SALT_VARIABLE = "THYROID_MONAI_DEID_SALT"
 DEBUG_VARIABLE = "THYROID_MONAI_DEBUG"
-DEMO_SALT = "thyroid-monai-demo"
-"""Salt of the demo's de-identification (fake patients only; real data needs a secret salt)."""
 
 
 class UsageError(SystemExit):
@@ -69,93 +79,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def _between_0_and_1(*, zero_allowed: bool) -> Callable[[str], float]:
-    """A number in [0, 1) (``zero_allowed``) or in (0, 1)."""
-    interval = "[0, 1)" if zero_allowed else "(0, 1)"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (0.0 <= value < 1.0 if zero_allowed else 0.0 < value < 1.0):
-            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value}")
-        return value
-
-    parse.__name__ = f"number in {interval}"
-    return parse
-
-
-_fraction = _between_0_and_1(zero_allowed=True)
-_probability = _between_0_and_1(zero_allowed=False)
-
-
-def _existing(kind: str) -> Callable[[str], Path]:
-    """A path that must exist: ``"folder"``, ``"file"`` or ``"path"`` (either)."""
-
-    def parse(text: str) -> Path:
-        path = Path(text)
-        exists = {"folder": path.is_dir, "file": path.is_file, "path": path.exists}[kind]()
-        if not exists:
-            raise argparse.ArgumentTypeError(f"{kind} not found: {path}")
-        return path
-
-    parse.__name__ = f"existing {kind}"
-    return parse
-
-
-def _frames(text: str) -> str:
-    """A frame policy (checked here, parsed by the command)."""
-    from thyroid_monai.io.dicom import parse_frame_policy
-
-    try:
-        policy = parse_frame_policy(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if isinstance(policy, int) and policy < 1:
-        raise argparse.ArgumentTypeError(f"frame numbers start at 1, got {policy}")
-    return text
-
-
-def _region(text: str) -> str:
-    """``largest`` or a region index >= 0."""
-    if text != "largest" and not (text.isdigit()):
-        raise argparse.ArgumentTypeError(f"use 'largest' or a region index (0, 1...), got {text!r}")
-    return text
-
-
-def _class_mix(text: str) -> str | dict[str, float]:
-    """``uniform``/``clinical`` or ``TR1=1,TR2=1,...``."""
-    if "=" not in text:
-        if text not in ("uniform", "clinical"):
-            raise argparse.ArgumentTypeError(
-                f"use uniform, clinical or weights like TR1=1,TR2=2, got {text!r}"
-            )
-        return text
-    mix = {}
-    for part in text.split(","):
-        level, _, weight = part.partition("=")
-        try:
-            mix[level.strip().upper()] = float(weight)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"weight of {level!r} is not a number") from None
-    return mix
-
-
 def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "synth",
@@ -164,11 +87,9 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
         "level and simulated readers; write NIfTI images and masks and a MONAI datalist.",
     )
     parser.add_argument("--out", type=Path, help="output folder for the dataset")
+    parser.add_argument("--n", type=at_least(1), default=200, help="number of images (default 200)")
     parser.add_argument(
-        "--n", type=_at_least(1), default=200, help="number of images (default 200)"
-    )
-    parser.add_argument(
-        "--readers", type=_at_least(1), default=3, help="simulated readers per image"
+        "--readers", type=at_least(1), default=3, help="simulated readers per image"
     )
     parser.add_argument(
         "--variability",
@@ -179,23 +100,23 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--class-mix",
-        type=_class_mix,
+        type=class_mix,
         default="uniform",
         help="'uniform', 'clinical' or weights like TR1=1,TR2=2,... "
         f"(levels {', '.join(ACR_LEVELS)})",
     )
     parser.add_argument(
-        "--images-per-patient", type=_at_least(1), default=2, help="views of each nodule"
+        "--images-per-patient", type=at_least(1), default=2, help="views of each nodule"
     )
     parser.add_argument(
-        "--size", type=_at_least(16), nargs=2, default=[256, 256], metavar=("ROWS", "COLS")
+        "--size", type=at_least(16), nargs=2, default=[256, 256], metavar=("ROWS", "COLS")
     )
-    parser.add_argument("--folds", type=_at_least(2), default=5, help="patient-level folds")
-    parser.add_argument("--test-fraction", type=_fraction, default=0.2, help="held-out patients")
-    parser.add_argument("--workers", type=_at_least(1), default=1, help="rendering processes")
+    parser.add_argument("--folds", type=at_least(2), default=5, help="patient-level folds")
+    parser.add_argument("--test-fraction", type=fraction, default=0.2, help="held-out patients")
+    parser.add_argument("--workers", type=at_least(1), default=1, help="rendering processes")
     parser.add_argument("--preview", type=Path, help="write a labelled PNG grid with contours")
     parser.add_argument(
-        "--preview-count", type=_at_least(1), default=16, help="images in the preview"
+        "--preview-count", type=at_least(1), default=16, help="images in the preview"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(handler=_run_synth)
@@ -251,22 +172,6 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--in", dest="input", type=_existing("path"), required=True, help="source folder"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--folds", type=_at_least(2), default=5, help="patient-level folds")
-    parser.add_argument("--test-fraction", type=_fraction, default=0.2, help="held-out patients")
-    parser.add_argument(
-        "--test-list", type=_existing("file"),
-        help="file of case IDs to hold out (one per line) instead",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=_at_least(1), default=1, help="conversion processes")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
 def _add_prep(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prep",
@@ -276,215 +181,29 @@ def _add_prep(subparsers: argparse._SubParsersAction) -> None:
         "rejected.csv. Re-running resumes.",
     )
     sources = parser.add_subparsers(dest="source", required=True)
-    dicom = sources.add_parser("dicom", help="a tree of ultrasound DICOM exports")
-    _split_arguments(dicom)
-    dicom.add_argument(
-        "--masks", type=_existing("folder"), help="folder of PNG masks (DICOM SEG: in the tree)"
-    )
-    dicom.add_argument(
-        "--labels", type=_existing("file"), help="labels CSV keyed by file or sop_instance_uid"
-    )
-    dicom.add_argument("--scheme", choices=["acr", "kwak"], default="acr", help="label scheme")
-    dicom.add_argument(
-        "--frames", type=_frames, default="middle",
-        help="cine frames to keep: all, middle, first or a number",
-    )  # fmt: skip
-    dicom.add_argument(
-        "--region", type=_region, default="largest", help="largest or the n-th 2D region"
-    )
-    dicom.add_argument("--salt", help=f"de-identification salt (default: ${SALT_VARIABLE})")
-    dicom.add_argument("--no-deid", action="store_true", help="keep identities (not advised)")
-    dicom.add_argument(
-        "--retain-dates", choices=["none", "modified", "full"], default="none",
-        help="Retain Longitudinal Temporal Information option",
-    )  # fmt: skip
-    dicom.set_defaults(handler=_run_prep, discover=_discover_dicom)
-    _add_dataset_sources(sources)
+    for source in SOURCES.values():
+        source_parser = sources.add_parser(source.name, help=source.help)
+        add_convert_arguments(source_parser)
+        source.add_arguments(source_parser)
+        source_parser.set_defaults(handler=_run_prep)
     targets = sources.add_parser("targets", help="radiomics targets for a datalist")
-    targets.add_argument("--datalist", type=_existing("file"), required=True)
-    targets.add_argument("--workers", type=_at_least(1), default=1, help="processes")
+    targets.add_argument("--datalist", type=existing("file"), required=True)
+    targets.add_argument("--workers", type=at_least(1), default=1, help="processes")
     targets.add_argument(
-        "--exclude-fold", type=_at_least(0),
+        "--exclude-fold", type=at_least(0),
         help="also leave this validation fold out of the statistics",
     )  # fmt: skip
     targets.add_argument("--no-progress", action="store_true", help="hide progress bars")
     targets.set_defaults(handler=_run_targets)
 
 
-def _add_dataset_sources(sources: argparse._SubParsersAction) -> None:
-    """The public-dataset converters."""
-    ddti = sources.add_parser("ddti", help="DDTI: xml/ and images/ (Kwak TI-RADS labels)")
-    _split_arguments(ddti)
-    ddti.add_argument(
-        "--keep-partial", action="store_true", help="also rasterise contours cut by truncation"
-    )
-    ddti.set_defaults(handler=_run_prep, discover=_discover_ddti)
-    tn3k = sources.add_parser("tn3k", help="TN3K: trainval/test image and mask folders")
-    _split_arguments(tn3k)
-    tn3k.add_argument(
-        "--folds-from", choices=["computed", "dataset"], default="computed",
-        help="computed patient/duplicate-safe folds, or the dataset's fold JSON files",
-    )  # fmt: skip
-    tn3k.set_defaults(handler=_run_prep, discover=_discover_tn3k)
-    stanford = sources.add_parser("stanford-cine", help="Stanford AIMI thyroid cine clips (HDF5)")
-    _split_arguments(stanford)
-    stanford.add_argument(
-        "--frames", type=_frames, default="middle", help="all, middle, first or a frame"
-    )
-    stanford.add_argument("--frame-stride", type=_at_least(1), default=1, help="with --frames all")
-    stanford.set_defaults(handler=_run_prep, discover=_discover_stanford)
-    folder = sources.add_parser("folder", help="images/, masks/ and a labels CSV")
-    _split_arguments(folder)
-    folder.add_argument("--images", default="images", help="images subfolder of --in")
-    folder.add_argument("--masks", default="masks", help="masks subfolder (same file stems)")
-    folder.add_argument("--labels", type=_existing("file"), help="labels CSV keyed by 'image'")
-    folder.add_argument("--scheme", choices=["acr", "kwak"], default="acr", help="label scheme")
-    folder.set_defaults(handler=_run_prep, discover=_discover_folder)
-
-
-def _discover_tn3k(
-    args: argparse.Namespace,
-) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
-    from data_prep.images import discover_tn3k
-
-    cases, rejections, extras = discover_tn3k(args.input, folds_from=args.folds_from)
-    header: dict[str, object] = {
-        "name": "tn3k",
-        "description": "TN3K thyroid nodule ultrasound (Gong et al., ISBI 2021)",
-        "source": "tn3k",
-        "tirads_scheme": "acr",
-        "note": "no TI-RADS levels (tirads is null); pathology from label4*.csv when present",
-        **extras,
-    }
-    return list(cases), rejections, header
-
-
-def _discover_stanford(
-    args: argparse.Namespace,
-) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
-    from data_prep.stanford import discover_stanford
-    from thyroid_monai.io.dicom import parse_frame_policy
-
-    frames = parse_frame_policy(args.frames)
-    cases, rejections = discover_stanford(args.input, frames=frames, stride=args.frame_stride)
-    header: dict[str, object] = {
-        "name": "stanford-thyroid-cine",
-        "description": "Stanford AIMI thyroid ultrasound cine-clip dataset",
-        "source": "stanford-cine",
-        "tirads_scheme": "acr",
-        "frames": args.frames,
-        "frame_stride": args.frame_stride,
-    }
-    return list(cases), rejections, header
-
-
-def _discover_folder(
-    args: argparse.Namespace,
-) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
-    from data_prep.images import discover_folder
-
-    cases, rejections = discover_folder(
-        args.input, images=args.images, masks=args.masks, labels_csv=args.labels,
-        scheme=args.scheme,
-    )  # fmt: skip
-    header: dict[str, object] = {
-        "name": args.input.name,
-        "description": "Image folder converted by thyroid-monai prep folder",
-        "source": "folder",
-        "tirads_scheme": args.scheme,
-    }
-    return list(cases), rejections, header
-
-
-def _discover_ddti(
-    args: argparse.Namespace,
-) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
-    from data_prep.ddti import discover_ddti
-
-    cases, rejections = discover_ddti(args.input, keep_partial=args.keep_partial)
-    header: dict[str, object] = {
-        "name": "ddti",
-        "description": "DDTI thyroid ultrasound database (Pedraza et al., SPIE 9287, 2015)",
-        "source": "ddti",
-        "version": "original XML + JPG layout",
-        "tirads_scheme": "kwak",
-        "burned_in_text": "present in the frames, not removed (no region information)",
-    }
-    return list(cases), rejections, header
-
-
-def _fixed_test(args: argparse.Namespace) -> frozenset[str]:
-    if args.test_list is None:
-        return frozenset()
-    lines = args.test_list.read_text(encoding="utf-8").splitlines()
-    return frozenset(line.strip() for line in lines if line.strip())
-
-
-def _deid_options(args: argparse.Namespace) -> object | None:
-    from thyroid_monai.io.deid import DeidentificationOptions
-
-    if args.no_deid:
-        return None
-    salt = args.salt or os.environ.get(SALT_VARIABLE)
-    if not salt:
-        usage_error(
-            f"prep dicom: de-identification needs a secret salt: --salt or ${SALT_VARIABLE} "
-            "(the same salt gives the same pseudonyms and UIDs on every run)"
-        )
-    return DeidentificationOptions(salt=salt, retain_dates=args.retain_dates)
-
-
-def _discover_dicom(
-    args: argparse.Namespace,
-) -> tuple[list[SourceCase], list[Rejection], dict[str, object]]:
-    from data_prep.dicom import discover_dicom
-    from thyroid_monai.io.dicom import parse_frame_policy
-
-    deid = _deid_options(args)
-    region: str | int = args.region if args.region == "largest" else int(args.region)
-    cases, rejections = discover_dicom(
-        args.input, args.out, masks_dir=args.masks, labels_csv=args.labels,
-        frames=parse_frame_policy(args.frames), region=region,  # type: ignore[arg-type]
-        scheme=args.scheme, deid=deid,  # type: ignore[arg-type]
-    )  # fmt: skip
-    header: dict[str, object] = {
-        "name": "dicom-ultrasound",
-        "description": "Ultrasound DICOM exports converted by thyroid-monai prep dicom",
-        "source": "dicom",
-        "tirads_scheme": args.scheme,
-        "deidentified": deid is not None,
-        "frames": args.frames,
-        "region": args.region,
-    }
-    return list(cases), rejections, header
-
-
-def convert_source(args: argparse.Namespace) -> ConversionResult:
-    """Runs the converter chosen on the command line (see :func:`_run_prep`)."""
-    from data_prep.convert import SplitOptions, convert_dataset
-
-    cases, rejections, header = args.discover(args)
-    # Paths may name patients: a de-identified dataset records none of them in its manifest.
-    hide_paths = bool(header.get("deidentified"))
-    options = {
-        k: ((None if hide_paths else str(v)) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-        if k not in ("handler", "discover", "salt", "no_progress")
-    }
-    split = SplitOptions(
-        folds=args.folds, test_fraction=args.test_fraction, seed=args.seed,
-        fixed_test=_fixed_test(args) | frozenset(header.pop("fixed_test", ())),
-        keep_folds=bool(header.pop("keep_folds", False)),
-    )  # fmt: skip
-    return convert_dataset(
-        cases, rejections, args.out, header=header, split=split, options=options,
-        workers=args.workers, progress=not args.no_progress,
-    )  # fmt: skip
-
-
 def _run_prep(args: argparse.Namespace) -> int:
+    source = SOURCES[args.source]
+    convert = ConvertOptions.from_args(args)
     try:
-        result = convert_source(args)
+        result = convert_source(source, convert, source.options(args))
+    except OptionError as error:  # options that cannot work together: nothing written yet
+        usage_error(f"prep {args.source}: {error}")
     except (ValueError, FileNotFoundError) as error:  # bad input or settings, named in the text
         print(f"prep {args.source}: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
@@ -492,7 +211,7 @@ def _run_prep(args: argparse.Namespace) -> int:
     print(
         f"prep {args.source}: {result.samples} images from {result.converted} new and "
         f"{result.reused} reused cases; {len(result.rejected)} rejected, {failed} of them "
-        f"failures (see {args.out / 'rejected.csv'})"
+        f"failures (see {convert.out / 'rejected.csv'})"
     )
     if not result.ok:
         print(f"prep {args.source}: nothing converted", file=sys.stderr)
@@ -534,10 +253,10 @@ def _add_audit(subparsers: argparse._SubParsersAction) -> None:
         description="Check every DICOM file (PS3.15 basic profile, private tags, overlays, "
         "pixels outside the ultrasound regions) and NIfTI header under a folder.",
     )
-    parser.add_argument("folder", type=_existing("folder"))
+    parser.add_argument("folder", type=existing("folder"))
     parser.add_argument(
         "--against",
-        type=_existing("folder"),
+        type=existing("folder"),
         help="the DICOM source the folder was made from: every file under the folder (any "
         "format) must hold none of its patient names, IDs and institutions",
     )
@@ -578,116 +297,27 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
     # 600 images at 64 px for 12 epochs learn the level in about the time 240 images at 128 px
     # took for 10 epochs (docs/level.md: data size matters more than resolution on a CPU budget)
-    parser.add_argument("--n", type=_at_least(1), default=600, help="phantom images")
-    parser.add_argument("--epochs", type=_at_least(1), default=12)
-    parser.add_argument("--image-size", type=_at_least(16), default=64, help="network input size")
-    parser.add_argument("--batch-size", type=_at_least(1), default=8)
+    parser.add_argument("--n", type=at_least(1), default=600, help="phantom images")
+    parser.add_argument("--epochs", type=at_least(1), default=12)
+    parser.add_argument("--image-size", type=at_least(16), default=64, help="network input size")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=_at_least(1), default=2, help="conversion processes")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="conversion processes")
     parser.set_defaults(handler=_run_demo)
 
 
-def _prepare_demo_data(run_dir: Path, count: int, config: PhantomConfig, workers: int) -> Path:
-    """Phantom -> DICOM export (fake identities burned in) -> ``prep dicom`` -> PHI audit."""
-    from data_prep.audit import audit_folder
-    from data_prep.phantom_dicom import export_is_current, export_phantom_dicom
-
-    export, data_dir = run_dir / "export", run_dir / "data"
-    if export_is_current(export, count, config):
-        print(f"      reusing the DICOM export in {export}")
-    else:
-        export_phantom_dicom(export, count, config)
-    print(f"[2/4] prep dicom (de-identified, cropped to the tissue region) -> {data_dir}")
-    args = argparse.Namespace(
-        source="dicom", input=export, out=data_dir, masks=None, labels=export / "labels.csv",
-        scheme="acr", frames="middle", region="largest", salt=DEMO_SALT, no_deid=False,
-        retain_dates="none", folds=5, test_fraction=0.2, test_list=None, seed=config.seed,
-        workers=workers, no_progress=True, discover=_discover_dicom,
-    )  # fmt: skip
-    result = convert_source(args)
-    if not result.ok or result.datalist is None:
-        raise RuntimeError(f"prep dicom converted nothing from {export}; see rejected.csv")
-    report = audit_folder(data_dir)
-    if not report.passed:
-        raise RuntimeError(f"PHI audit of {data_dir} failed: {report.problems[:3]}")
-    print(
-        f"      {result.samples} images ({result.reused} reused), {len(result.rejected)} rejected;"
-        f" audit passed on {report.dicom_files} DICOM and {report.nifti_files} NIfTI files"
-    )
-    return data_dir
-
-
 def _run_demo(args: argparse.Namespace) -> int:
-    import mlflow
+    from thyroid_monai.demo import DemoOptions, check_demo_capacity, run_demo
 
-    from data_prep.phantom import phantom_patients
-    from data_prep.splits import check_fold_capacity
-    from thyroid_monai.synthetic import PhantomConfig
-    from thyroid_monai.workflows import read_metrics_csv, run_bundle, sqlite_uri, tracking_store
-
+    options = DemoOptions(
+        out=args.out, images=args.n, epochs=args.epochs, image_size=args.image_size,
+        batch_size=args.batch_size, seed=args.seed, workers=args.workers,
+    )  # fmt: skip
     try:
-        check_fold_capacity(phantom_patients(args.n, PhantomConfig(seed=args.seed)), 5, 0.2)
+        check_demo_capacity(options)
     except ValueError as error:
         usage_error(f"demo: --n {args.n} gives {error}")
-    started = time.perf_counter()
-    run_dir: Path = args.out
-    print(f"[1/4] phantom: {args.n} images, 3 readers -> DICOM export with fake identities")
-    data_dir = _prepare_demo_data(run_dir, args.n, PhantomConfig(seed=args.seed), args.workers)
-
-    run_name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    shutil.rmtree(run_dir / "models", ignore_errors=True)  # checkpoints of an earlier demo
-    common = {
-        "image_size": [args.image_size, args.image_size],
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-    }
-    print(f"[3/4] training {args.epochs} epochs through the bundle (MLflow run '{run_name}')")
-    run_bundle(
-        ["train.yaml", "progress.yaml"],
-        run_dir=run_dir,
-        dataset_dir=data_dir,
-        quiet=True,
-        overrides={**common, "max_epochs": args.epochs, "run_name": run_name},
-    )
-    print("[4/4] evaluating the best checkpoint on the held-out test patients")
-    run_bundle(
-        ["train.yaml", "evaluate.yaml"],
-        run_dir=run_dir,
-        dataset_dir=data_dir,
-        tracking=False,
-        quiet=True,
-        overrides={**common, "log_epochs": False},
-    )
-    metrics = read_metrics_csv(run_dir / "eval" / "metrics.csv")
-
-    store = tracking_store(run_dir)
-    client = mlflow.MlflowClient(sqlite_uri(store))
-    experiment = client.get_experiment_by_name("thyroid_us_multitask")
-    if experiment is None:
-        raise RuntimeError(f"the training run left no MLflow experiment in {store}")
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'"
-    )
-    for name, value in metrics.items():
-        client.log_metric(runs[0].info.run_id, name.replace("val_", "test_"), value)
-
-    datalist = json.loads((data_dir / "datalist.json").read_text())
-    patients = len({item["patient"] for item in datalist["testing"]})
-    rows: list[tuple[str, float | None]] = [
-        ("Dice (nodule mask)", metrics.get("val_mean_dice")),
-        ("TI-RADS accuracy (TR1-TR5)", metrics.get("val_accuracy")),
-        ("TI-RADS macro-F1", metrics.get("val_macro_f1")),
-    ]
-    print()
-    print(f"Held-out test set: {datalist['numTest']} images of {patients} patients")
-    print(f"  {'metric':<30}{'value':>8}")
-    for label, score in rows:
-        print(f"  {label:<30}{score:>8.3f}" if score is not None else f"  {label:<30}{'n/a':>8}")
-    print(f"  (chance level for 5 balanced classes is 0.200; {args.epochs} epochs on a CPU)")
-    print()
-    print(f"MLflow run '{run_name}' (params, per-epoch losses and metrics, checkpoint):")
-    print(f"  mlflow ui --backend-store-uri {sqlite_uri(store)} --port 5000")
-    print(f"Done in {time.perf_counter() - started:.0f} s.")
+    run_demo(options)
     return 0
 
 
@@ -699,7 +329,7 @@ def _add_sync(subparsers: argparse._SubParsersAction) -> None:
         "server was unreachable) onto the server. Safe to run twice: nothing is duplicated.",
     )
     parser.add_argument(
-        "store", type=_existing("folder"), help="the fallback folder, e.g. runs/x/eval/offline"
+        "store", type=existing("folder"), help="the fallback folder, e.g. runs/x/eval/offline"
     )
     parser.add_argument("--to", help="tracking server URI (default: the one recorded, then env)")
     parser.set_defaults(handler=_run_sync)
@@ -724,7 +354,7 @@ def _add_register(subparsers: argparse._SubParsersAction) -> None:
         " The champion alias moves to the new version only if it beats the champion.",
     )
     parser.add_argument(
-        "run_dir", type=_existing("folder"), help="the run folder (bundle_root), e.g. runs/x"
+        "run_dir", type=existing("folder"), help="the run folder (bundle_root), e.g. runs/x"
     )
     parser.add_argument("--to", help="tracking server URI (default: the one the run used)")
     parser.set_defaults(handler=_run_register)
@@ -752,7 +382,7 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
         help="bundle run folder, checkpoint (.pt), TorchScript file, or models:/ or runs:/ URI",
     )  # fmt: skip
     parser.add_argument(
-        "--in", dest="input", type=_existing("path"), required=True, help="file or folder"
+        "--in", dest="input", type=existing("path"), required=True, help="file or folder"
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
@@ -771,9 +401,9 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--salt", help=f"de-identification salt (default: ${SALT_VARIABLE}, else a random one)"
     )
-    parser.add_argument("--threshold", type=_probability, default=0.5, help="mask probability")
+    parser.add_argument("--threshold", type=probability, default=0.5, help="mask probability")
     parser.add_argument(
-        "--frames", type=_frames, default="middle", help="cine frame: middle, first or a number"
+        "--frames", type=frames, default="middle", help="cine frame: middle, first or a number"
     )
     parser.add_argument("--no-segmentation", action="store_true", help="no DICOM SEG output")
     parser.add_argument(

@@ -234,6 +234,33 @@ def ultrasound_dataset(
         sop_class = sop_class.rsplit(".", 1)[0]  # ...1.3.1 -> ...1.3, ...1.6.1 -> ...1.6
     sop_uid = sop_uid or generate_uid()
 
+    ds = _new_dataset(sop_class, sop_uid, study_uid, series_uid)
+    _identify(ds, patient)
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = instance_number
+    ds.PatientOrientation = ""
+    ds.LossyImageCompression = "00"
+    block = ds.private_block(0x0009, PRIVATE_CREATOR, create=True)
+    block.add_new(0x01, "LO", patient.name)
+    block.add_new(0x02, "LO", patient.patient_id)
+    if regions:
+        ds.SequenceOfUltrasoundRegions = DicomSequence(
+            [_region_item(b, spacing_mm) if spacing_mm else _unitless_region(b) for b in regions]
+        )
+    if multi:
+        ds.NumberOfFrames = count
+        ds.FrameTime = frame_time_ms
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
+    if overlay:
+        _add_overlay(ds, rows, cols)
+    _set_pixels(ds, stack, photometric, regions)
+    return ds
+
+
+def _new_dataset(
+    sop_class: str, sop_uid: str, study_uid: str | None, series_uid: str | None
+) -> Dataset:
+    """A dataset with its file meta, UIDs (generated when ``None``) and the phantom's equipment."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)
@@ -250,7 +277,11 @@ def ultrasound_dataset(
     ds.SoftwareVersions = "0"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL", "0001"]
     ds.BurnedInAnnotation = "YES"
-    # Identifying attributes, filled on purpose: de-identification must remove them all.
+    return ds
+
+
+def _identify(ds: Dataset, patient: PatientInfo) -> None:
+    """Fills the identifying attributes on purpose: de-identification must remove them all."""
     ds.PatientName = patient.name
     ds.PatientID = patient.patient_id
     ds.IssuerOfPatientID = patient.institution
@@ -273,35 +304,21 @@ def ultrasound_dataset(
     ds.InstitutionAddress = "1 HOSPITAL ROAD, NOWHERE"
     ds.StationName = patient.station
     ds.DeviceSerialNumber = patient.device_serial
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = instance_number
-    ds.PatientOrientation = ""
-    ds.LossyImageCompression = "00"
-    block = ds.private_block(0x0009, PRIVATE_CREATOR, create=True)
-    block.add_new(0x01, "LO", patient.name)
-    block.add_new(0x02, "LO", patient.patient_id)
-    if regions:
-        ds.SequenceOfUltrasoundRegions = DicomSequence(
-            [_region_item(b, spacing_mm) if spacing_mm else _unitless_region(b) for b in regions]
-        )
-    if multi:
-        ds.NumberOfFrames = count
-        ds.FrameTime = frame_time_ms
-        ds.FrameIncrementPointer = 0x00181063  # Frame Time
-    if overlay:
-        ds.add_new(0x60000010, "US", rows)
-        ds.add_new(0x60000011, "US", cols)
-        ds.add_new(0x60000040, "CS", "G")
-        ds.add_new(0x60000050, "SS", [1, 1])
-        ds.add_new(0x60000100, "US", 1)
-        ds.add_new(0x60000102, "US", 0)
-        ds.add_new(
-            0x60003000,
-            "OW",
-            np.packbits(np.ones(rows * cols, np.uint8), bitorder="little").tobytes(),
-        )
-    _set_pixels(ds, stack, photometric, regions)
-    return ds
+
+
+def _add_overlay(ds: Dataset, rows: int, cols: int) -> None:
+    """An overlay plane (6000,xxxx) covering the image, which de-identification must remove."""
+    ds.add_new(0x60000010, "US", rows)
+    ds.add_new(0x60000011, "US", cols)
+    ds.add_new(0x60000040, "CS", "G")
+    ds.add_new(0x60000050, "SS", [1, 1])
+    ds.add_new(0x60000100, "US", 1)
+    ds.add_new(0x60000102, "US", 0)
+    ds.add_new(
+        0x60003000,
+        "OW",
+        np.packbits(np.ones(rows * cols, np.uint8), bitorder="little").tobytes(),
+    )
 
 
 def _unitless_region(bounds: tuple[int, int, int, int]) -> Dataset:

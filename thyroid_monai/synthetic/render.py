@@ -280,17 +280,13 @@ class _Canvas:
         self.specular = np.zeros(self.shape, dtype=np.float32)
 
 
-def _paint_anatomy(
-    rng: np.random.Generator,
-    canvas: _Canvas,
-    settings: RenderSettings,
-    min_lobe_mm: tuple[float, float],
-    medial_left: bool,
-) -> dict:
-    """Paints skin, fat, strap muscles, lobe with capsule, vessels/trachea and deep muscle.
+def _paint_layers(
+    rng: np.random.Generator, canvas: _Canvas
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paints skin, subcutaneous fat and the strap muscles with their fascia.
 
-    ``min_lobe_mm`` are the smallest lobe semi-axes that hold the nodule with a rim of tissue;
-    ``medial_left`` puts the midline (trachea) on the image's left.
+    Returns:
+        The muscle band, its lower border (depth per column, mm) and the tissue texture.
     """
     x, y, echo = canvas.x, canvas.y, canvas.echo
     w = canvas.width_mm
@@ -312,15 +308,42 @@ def _paint_anatomy(
     np.copyto(echo, MUSCLE * (1 + 0.45 * striation), where=muscle)
     # Fascia: thin bright lines around the muscle band.
     np.copyto(echo, 0.9, where=(np.abs(y - muscle_top) < 0.2) | (np.abs(y - muscle_bottom) < 0.2))
+    return muscle, muscle_bottom, texture
 
-    # The lobe: an egg-shaped superellipse under the muscles, thicker medially, large enough for
-    # the nodule (the caller passes the minimum semi-axes).
+
+@dataclass(frozen=True)
+class _Lobe:
+    """The painted thyroid lobe: its superellipse (mm) and masks."""
+
+    cx: float
+    cy: float
+    a: float
+    b: float
+    power: float
+    mask: np.ndarray
+    capsule: np.ndarray
+
+
+def _paint_lobe(
+    rng: np.random.Generator,
+    canvas: _Canvas,
+    muscle_bottom: np.ndarray,
+    texture: np.ndarray,
+    min_lobe_mm: tuple[float, float],
+    medial_sign: int,
+) -> _Lobe:
+    """Paints the lobe with its capsule under the muscles, and the deep muscle under the lobe.
+
+    The lobe is an egg-shaped superellipse, thicker medially, large enough for the nodule
+    (``min_lobe_mm`` are the smallest semi-axes).
+    """
+    x, y, echo = canvas.x, canvas.y, canvas.echo
+    w = canvas.width_mm
     lobe_a = max(rng.uniform(0.32, 0.4) * w, min_lobe_mm[0])
     lobe_b = max(rng.uniform(8.5, 10.5), min_lobe_mm[1])
     lobe_cx = w / 2 + rng.uniform(-0.06, 0.06) * w
     lobe_cy = float(muscle_bottom.mean()) + lobe_b + 0.2
     power = rng.uniform(2.0, 2.6)
-    medial_sign = -1 if medial_left else 1
     taper = 1 + 0.18 * medial_sign * np.clip((x - lobe_cx) / lobe_a, -1, 1)
     lobe_r = (
         np.abs((x - lobe_cx) / lobe_a) ** power + np.abs((y - lobe_cy) / (lobe_b * taper)) ** power
@@ -335,47 +358,88 @@ def _paint_anatomy(
     # Deep muscle (longus colli) under the lobe.
     deep = (y > lobe_cy + lobe_b + 1.5) & ~lobe
     np.copyto(echo, 0.3 * (1 + 0.35 * np.sin(2 * np.pi * y / 1.1)), where=deep)
+    return _Lobe(lobe_cx, lobe_cy, lobe_a, lobe_b, power, lobe, capsule)
 
-    regions = {"muscle": muscle, "lobe": lobe}
+
+def _paint_carotid(
+    rng: np.random.Generator, canvas: _Canvas, lobe: _Lobe, medial_sign: int
+) -> np.ndarray:
+    """Paints the carotid lateral and posterior to the lobe, indenting its posterolateral corner.
+
+    Returns:
+        The lumen.
+    """
+    x, y, echo = canvas.x, canvas.y, canvas.echo
+    w = canvas.width_mm
+    radius = rng.uniform(2.8, 3.8)
+    cx = lobe.cx - medial_sign * (0.8 * lobe.a + radius * rng.uniform(0.4, 0.8))
+    cx = float(np.clip(cx, radius + 0.5, w - radius - 0.5))
+    cy = lobe.cy + rng.uniform(0.45, 0.7) * lobe.b
+    d = np.hypot(x - cx, y - cy)
+    lumen, wall = d < radius, np.abs(d - radius) < 0.35
+    echo[wall] = 1.4
+    echo[lumen] = FLUID
+    canvas.log_transmission[lumen] += 0.055 * canvas.spacing[1]  # posterior enhancement
+    return lumen
+
+
+def _paint_trachea(
+    rng: np.random.Generator, canvas: _Canvas, lobe: _Lobe, medial_sign: int
+) -> np.ndarray:
+    """Paints the trachea medial to the lobe: cartilage, the bright air interface, reverberations.
+
+    Returns:
+        The air under the anterior wall.
+    """
+    x, y, echo = canvas.x, canvas.y, canvas.echo
+    radius = rng.uniform(8.0, 10.0)
+    cx = lobe.cx + medial_sign * (lobe.a + radius * rng.uniform(0.55, 0.8))
+    cy = lobe.cy + rng.uniform(0.0, 0.4) * lobe.b
+    inside_columns = np.abs(x - cx) < radius
+    wall_depth = cy - np.sqrt(np.clip(radius**2 - (x - cx) ** 2, 0, None))
+    below_wall = y - wall_depth
+    air = inside_columns & (below_wall > 0.35)
+    interface = inside_columns & (np.abs(below_wall) <= 0.35)
+    cartilage = inside_columns & (below_wall < -0.35) & (below_wall > -1.8)
+    echo[cartilage] = 0.3
+    echo[interface] = 2.4
+    # Air sends nothing back: under the anterior wall there are only reverberations of the
+    # interface (arcs parallel to it, fading) and then shadow to the bottom of the image.
+    spacing = rng.uniform(1.8, 2.6)
+    reverb = sum(0.9 * 0.45**n * (np.abs(below_wall - n * spacing) < 0.3) for n in range(1, 4))
+    np.copyto(echo, 0.02 + reverb, where=air)
+    return air
+
+
+def _paint_anatomy(
+    rng: np.random.Generator,
+    canvas: _Canvas,
+    settings: RenderSettings,
+    min_lobe_mm: tuple[float, float],
+    medial_left: bool,
+) -> dict:
+    """Paints skin, fat, strap muscles, lobe with capsule, vessels/trachea and deep muscle.
+
+    ``min_lobe_mm`` are the smallest lobe semi-axes that hold the nodule with a rim of tissue;
+    ``medial_left`` puts the midline (trachea) on the image's left.
+    """
+    medial_sign = -1 if medial_left else 1
+    muscle, muscle_bottom, texture = _paint_layers(rng, canvas)
+    lobe = _paint_lobe(rng, canvas, muscle_bottom, texture, min_lobe_mm, medial_sign)
+    regions = {"muscle": muscle, "lobe": lobe.mask}
     structures = []
     has_carotid = rng.random() < settings.p_carotid
     has_trachea = rng.random() < settings.p_trachea
     if not (has_carotid or has_trachea):
         has_carotid = True  # one of them always marks a side
     if has_carotid:
-        # Lateral and posterior to the lobe, indenting its posterolateral corner.
-        radius = rng.uniform(2.8, 3.8)
-        cx = lobe_cx - medial_sign * (0.8 * lobe_a + radius * rng.uniform(0.4, 0.8))
-        cx = float(np.clip(cx, radius + 0.5, w - radius - 0.5))
-        cy = lobe_cy + rng.uniform(0.45, 0.7) * lobe_b
-        d = np.hypot(x - cx, y - cy)
-        lumen, wall = d < radius, np.abs(d - radius) < 0.35
-        echo[wall] = 1.4
-        echo[lumen] = FLUID
-        canvas.log_transmission[lumen] += 0.055 * canvas.spacing[1]  # posterior enhancement
-        regions["carotid"] = lumen
+        regions["carotid"] = _paint_carotid(rng, canvas, lobe, medial_sign)
         structures.append("carotid")
     if has_trachea:
-        radius = rng.uniform(8.0, 10.0)
-        cx = lobe_cx + medial_sign * (lobe_a + radius * rng.uniform(0.55, 0.8))
-        cy = lobe_cy + rng.uniform(0.0, 0.4) * lobe_b
-        inside_columns = np.abs(x - cx) < radius
-        wall_depth = cy - np.sqrt(np.clip(radius**2 - (x - cx) ** 2, 0, None))
-        below_wall = y - wall_depth
-        air = inside_columns & (below_wall > 0.35)
-        interface = inside_columns & (np.abs(below_wall) <= 0.35)
-        cartilage = inside_columns & (below_wall < -0.35) & (below_wall > -1.8)
-        echo[cartilage] = 0.3
-        echo[interface] = 2.4
-        # Air sends nothing back: under the anterior wall there are only reverberations of the
-        # interface (arcs parallel to it, fading) and then shadow to the bottom of the image.
-        spacing = rng.uniform(1.8, 2.6)
-        reverb = sum(0.9 * 0.45**n * (np.abs(below_wall - n * spacing) < 0.3) for n in range(1, 4))
-        np.copyto(echo, 0.02 + reverb, where=air)
-        regions["trachea"] = air
+        regions["trachea"] = _paint_trachea(rng, canvas, lobe, medial_sign)
         structures.append("trachea")
-    regions["_capsule"] = capsule
-    regions["_lobe_geometry"] = np.array([lobe_cx, lobe_cy, lobe_a, lobe_b, power])
+    regions["_capsule"] = lobe.capsule
+    regions["_lobe_geometry"] = np.array([lobe.cx, lobe.cy, lobe.a, lobe.b, lobe.power])
     regions["_structures"] = np.array(structures)
     return regions
 
@@ -547,39 +611,22 @@ def _paint_foci(
         rendered.shadow_columns = np.flatnonzero(calcified.any(axis=0)) + cols.start
 
 
-def render_image(
+def _place_nodule(
     rng: np.random.Generator,
     descriptors: AcrDescriptors,
-    settings: RenderSettings | None = None,
-    *,
-    geometry: NoduleGeometry | None = None,
-    spacing_mm: tuple[float, float] | None = None,
-    side: str = "RT",
-) -> RenderedImage:
-    """Renders one transverse view of a lobe containing a nodule with the given descriptors.
+    settings: RenderSettings,
+    spacing_mm: tuple[float, float],
+    medial_left: bool,
+    given: NoduleGeometry | None,
+) -> tuple[_Canvas, dict, NoduleGeometry, _Footprint]:
+    """Paints the anatomy and places the nodule in the lobe, again until its outline fits.
 
-    Args:
-        rng: Random generator; the same generator state gives the same image.
-        descriptors: ACR descriptors of the nodule (their level is the image's true level).
-        settings: Ranges of acquisition and anatomy; defaults to :class:`RenderSettings`.
-        geometry: Reuse a nodule outline (another view of the same nodule); its centre is
-            re-placed inside the new lobe.
-        spacing_mm: Force the ``(x, y)`` pixel spacing instead of sampling it.
-        side: Lobe imaged, ``"RT"`` or ``"LT"``. Images follow the radiological convention (the
-            patient's right on the image's left), so the trachea of a right lobe is on the right.
+    An outline fits when it has the descriptors' shape and margin on this grid, stays inside the
+    image and clear of the carotid and trachea.
 
     Returns:
-        The image, its true mask, spacing and the rendering facts used by tests and readers.
+        The painted canvas, its regions, the nodule's geometry and footprint.
     """
-    settings = settings or RenderSettings()
-    if spacing_mm is None:
-        sx = rng.uniform(*settings.field_of_view_mm) / settings.width
-        sy = sx * rng.uniform(1 - settings.anisotropy, 1 + settings.anisotropy)
-        spacing_mm = (float(sx), float(sy))
-    if side not in ("RT", "LT"):
-        raise ValueError(f"side must be 'RT' or 'LT', got {side!r}")
-    medial_left = side == "LT"
-    given = geometry
     for _attempt in range(30):
         shape_only = given or _sample_geometry(rng, descriptors, settings, (0.0, 0.0))
         a, b = shape_only.semi_axes_mm
@@ -601,17 +648,22 @@ def render_image(
             (trial & regions[name]).any() for name in ("carotid", "trachea") if name in regions
         )
         if outline_fits(trial, descriptors, spacing_mm) and not touches_edge and not overlaps:
-            geometry = candidate
-            break
-    else:  # pragma: no cover - the size and ratio ranges make this practically impossible
-        raise RuntimeError(f"could not fit a nodule outline for {descriptors}")
-    assert geometry is not None
+            return canvas, regions, candidate, footprint
+    # The size and ratio ranges make this practically impossible.
+    raise RuntimeError(f"could not fit a nodule outline for {descriptors}")  # pragma: no cover
 
-    rendered = RenderedImage(
-        image=np.empty(0), mask=np.empty(0), spacing_mm=spacing_mm, geometry=geometry
-    )
-    mask = _paint_nodule(rng, canvas, descriptors, geometry, footprint, regions, rendered)
 
+def _acquire(
+    rng: np.random.Generator,
+    canvas: _Canvas,
+    settings: RenderSettings,
+    spacing_mm: tuple[float, float],
+) -> np.ndarray:
+    """The acquisition physics, from the painted echogenicity to a uint8 image.
+
+    Speckle, shadows and enhancement along the beam, attenuation, electronic noise and log
+    compression.
+    """
     sigma_px = (
         settings.speckle_mm[1] / spacing_mm[1],
         settings.speckle_mm[0] / spacing_mm[0],
@@ -643,8 +695,48 @@ def render_image(
     image *= scale
     image += offset
     np.clip(image, 0, 255, out=image)
+    return np.rint(image).astype(np.uint8)
 
-    rendered.image = np.rint(image).astype(np.uint8)
+
+def render_image(
+    rng: np.random.Generator,
+    descriptors: AcrDescriptors,
+    settings: RenderSettings | None = None,
+    *,
+    geometry: NoduleGeometry | None = None,
+    spacing_mm: tuple[float, float] | None = None,
+    side: str = "RT",
+) -> RenderedImage:
+    """Renders one transverse view of a lobe containing a nodule with the given descriptors.
+
+    Args:
+        rng: Random generator; the same generator state gives the same image.
+        descriptors: ACR descriptors of the nodule (their level is the image's true level).
+        settings: Ranges of acquisition and anatomy; defaults to :class:`RenderSettings`.
+        geometry: Reuse a nodule outline (another view of the same nodule); its centre is
+            re-placed inside the new lobe.
+        spacing_mm: Force the ``(x, y)`` pixel spacing instead of sampling it.
+        side: Lobe imaged, ``"RT"`` or ``"LT"``. Images follow the radiological convention (the
+            patient's right on the image's left), so the trachea of a right lobe is on the right.
+
+    Returns:
+        The image, its true mask, spacing and the rendering facts used by tests and readers.
+    """
+    settings = settings or RenderSettings()
+    if spacing_mm is None:
+        sx = rng.uniform(*settings.field_of_view_mm) / settings.width
+        sy = sx * rng.uniform(1 - settings.anisotropy, 1 + settings.anisotropy)
+        spacing_mm = (float(sx), float(sy))
+    if side not in ("RT", "LT"):
+        raise ValueError(f"side must be 'RT' or 'LT', got {side!r}")
+    canvas, regions, geometry, footprint = _place_nodule(
+        rng, descriptors, settings, spacing_mm, side == "LT", geometry
+    )
+    rendered = RenderedImage(
+        image=np.empty(0), mask=np.empty(0), spacing_mm=spacing_mm, geometry=geometry
+    )
+    mask = _paint_nodule(rng, canvas, descriptors, geometry, footprint, regions, rendered)
+    rendered.image = _acquire(rng, canvas, settings, spacing_mm)
     rendered.mask = mask
     rendered.regions = {
         k: v for k, v in regions.items() if not k.startswith("_") and v.dtype == bool
