@@ -392,7 +392,7 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--config", type=Path, nargs="+",
-        help="the run's config files when the run folder has no saved eval/config_*.json",
+        help="the run's config files when the run folder has no configs/train.json",
     )  # fmt: skip
     parser.add_argument(
         "--keep-identifiers", action="store_true",

@@ -24,8 +24,8 @@ PARAM_KEY_LIMIT = 250
 """Longest param key MLflow accepts."""
 TRUNCATION_MARK = "..."
 _INVALID_KEY_CHARACTERS = re.compile(r"[^\w./ -]")
-# The bundle's own control flow, not settings of the run.
-DEFAULT_PARAM_EXCLUDE = ("imports", "initialize", "run", "finalize")
+# The bundle's own control flow and metadata, not settings of the run.
+DEFAULT_PARAM_EXCLUDE = ("imports", "initialize", "run", "finalize", "_meta_")
 
 
 def _is_component(value: Any) -> bool:

@@ -206,6 +206,32 @@ def register_model(
     client = mlflow.MlflowClient(tracking_uri)
     if metric is None:
         metric = client.get_run(run_id).data.metrics.get(key_metric)
+    version = _log_and_register(model, run_id, registered_name, input_example, tracking_uri)
+    champion = _current_champion(client, registered_name, alias)
+    previous = str(champion.version) if champion is not None else None
+    promoted, reason = _contest(client, champion, key_metric, metric, greater_is_better)
+    client.set_model_version_tag(registered_name, version, key_metric, str(metric))
+    if promoted:
+        client.set_registered_model_alias(registered_name, alias, version)
+    return Registration(
+        name=registered_name,
+        version=version,
+        model_uri=f"models:/{registered_name}/{version}",
+        metric=metric,
+        promoted=promoted,
+        previous_champion=previous,
+        reason=reason,
+    )
+
+
+def _log_and_register(
+    model: torch.nn.Module,
+    run_id: str,
+    registered_name: str,
+    input_example: np.ndarray,
+    tracking_uri: str | None,
+) -> str:
+    """Logs ``model`` to the run with the pytorch flavour; returns the new registered version."""
     # Only the signature is logged: MLflow would validate an input example by serving it to the
     # model through the pytorch flavour, which rejects the dictionary the model returns and logs
     # "Failed to validate serving input example" for a model that loads and runs fine.
@@ -223,36 +249,26 @@ def register_model(
             registered_model_name=registered_name,
             pip_requirements=_requirements(),
         )
-    version = str(info.registered_model_version)
-    champion = _current_champion(client, registered_name, alias)
-    previous = str(champion.version) if champion is not None else None
+    return str(info.registered_model_version)
+
+
+def _contest(
+    client: mlflow.MlflowClient,
+    champion: mlflow.entities.model_registry.ModelVersion | None,
+    key_metric: str,
+    metric: float | None,
+    greater_is_better: bool,
+) -> tuple[bool, str]:
+    """Whether the new version beats the champion on ``key_metric``, and why (or why not)."""
     if metric is None:
-        promoted, reason = False, f"the run has no '{key_metric}' metric to compete with"
-    else:
-        champion_metric = (
-            _version_metric(client, champion, key_metric) if champion is not None else None
-        )
-        promoted = _is_better(metric, champion_metric, greater_is_better)
-        if champion is None:
-            reason = "there was no champion yet"
-        elif promoted:
-            reason = f"{key_metric} {metric:.4f} beats version {previous} ({champion_metric})"
-        else:
-            reason = (
-                f"{key_metric} {metric:.4f} does not beat version {previous} ({champion_metric})"
-            )
-    client.set_model_version_tag(registered_name, version, key_metric, str(metric))
-    if promoted:
-        client.set_registered_model_alias(registered_name, alias, version)
-    return Registration(
-        name=registered_name,
-        version=version,
-        model_uri=f"models:/{registered_name}/{version}",
-        metric=metric,
-        promoted=promoted,
-        previous_champion=previous,
-        reason=reason,
-    )
+        return False, f"the run has no '{key_metric}' metric to compete with"
+    if champion is None:
+        return True, "there was no champion yet"
+    champion_metric = _version_metric(client, champion, key_metric)
+    versus = f"version {champion.version} ({champion_metric})"
+    if _is_better(metric, champion_metric, greater_is_better):
+        return True, f"{key_metric} {metric:.4f} beats {versus}"
+    return False, f"{key_metric} {metric:.4f} does not beat {versus}"
 
 
 # --- registration when training completes ------------------------------------------------------
