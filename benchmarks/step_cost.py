@@ -34,19 +34,20 @@ import numpy as np
 import torch
 
 from thyroid_monai import keys
-from thyroid_monai.engine import MultitaskTrainer
+from thyroid_monai.engine import MultitaskTrainer, adamw
 from thyroid_monai.losses import MultitaskLoss
 from thyroid_monai.mtl import GRADIENT_METHODS, build_gradient_method
 from thyroid_monai.mtl.rlar import RLAR, rlar_penalty
 from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.synthetic import Phantom, PhantomConfig, RenderSettings
+from thyroid_monai.tasks import TaskSet
 from thyroid_monai.tirads import get_grouping
 
 from machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results" / "step_cost.json"
 REFERENCE = "sum"
-TASK_WEIGHTS = {keys.SEG: 1.0, keys.CLS: 1.0}
+TASKS = TaskSet()
 CPU = torch.device("cpu")
 ALWAYS_ACTIVE = {"tau": -1.0}
 RLAR_CONFIGS: dict[str, dict[str, Any]] = {
@@ -104,19 +105,15 @@ def build_trainer(
     """A trainer for one configuration, on its own copy of the model."""
     network = copy.deepcopy(model).to(device)
     regulariser = None if rlar_options is None else RLAR(warmup_epochs=0, **rlar_options)
-    # Every method gets the bundle's task weights (methods with learned weights need the task
-    # names) and the optimiser steps the method's own parameters too, fused, as in train.yaml.
-    method = build_gradient_method(method_name, task_weights=TASK_WEIGHTS)
+    # Every method is built for the bundle's default task set (mask and level, their weights),
+    # and the bundle's optimiser steps the method's own parameters too.
+    method = build_gradient_method(method_name, tasks=TASKS)
     trainer = MultitaskTrainer(
         device=device,
         max_epochs=1,
         train_data_loader=[{}],
         network=network,
-        optimizer=torch.optim.AdamW(
-            [*network.parameters(), *method.extra_parameters()],
-            1e-4,
-            fused=device.type in ("cpu", "cuda") or None,  # as train.yaml
-        ),
+        optimizer=adamw(network, method, lr=1e-4),
         loss_function=MultitaskLoss(),
         gradient_method=method,
         regulariser=regulariser,

@@ -197,12 +197,29 @@ class MultitaskLoss(nn.Module):
         self.level_loss = level_loss
         self.radiomics_loss = radiomics_loss
         self.smooth_l1_beta = smooth_l1_beta
+        self.dice_background = dice_background
         self.dice = DiceLoss(softmax=True, soft_label=True, include_background=dice_background)
         self.class_weights: torch.Tensor | None
         self.register_buffer(
             "class_weights",
             torch.as_tensor(class_weights, dtype=torch.float32) if class_weights else None,
         )
+
+    def tracking_params(self) -> dict[str, Any]:
+        """What a tracked run records: the options the losses are computed with."""
+        weights = None if self.class_weights is None else self.class_weights.tolist()
+        return {
+            "dice_weight": self.dice_weight,
+            "ce_weight": self.ce_weight,
+            "dice_background": self.dice_background,
+            "label_smoothing": self.label_smoothing,
+            "class_weights": weights,
+            "level_loss": self.level_loss,
+            "radiomics_loss": self.radiomics_loss,
+            "smooth_l1_beta": self.smooth_l1_beta,
+            "descriptor_label_smoothing": self.descriptor_label_smoothing,
+            "route_consistency": self.route_consistency,
+        }
 
     def mask_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Dice + cross-entropy; ``target`` is the nodule probability ``(B, 1, x, y)``.

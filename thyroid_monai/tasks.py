@@ -50,6 +50,17 @@ REFERENCE_KEYS: tuple[str, ...] = (keys.LABEL_TRUE, keys.TIRADS_TRUE, keys.SPACI
 """What evaluation compares against beside the readers: the phantom's truth, the pixel spacing."""
 
 
+def check_level_route(level_from: str, *, level: bool, descriptors: bool) -> None:
+    """Raises ``ValueError`` for an unknown level route or an ACR route without descriptors."""
+    if level_from not in ("direct", "acr_points", "both"):
+        raise ValueError(f"unknown level_from {level_from!r}; use direct, acr_points or both")
+    if level and level_from != "direct" and not descriptors:
+        raise ValueError(
+            f"level_from {level_from!r} reads the ACR descriptor heads: enable the descriptor "
+            "heads (use_descriptors true)"
+        )
+
+
 @dataclass(frozen=True)
 class TaskSet:
     """The targets a model learns and how the level is produced.
@@ -88,17 +99,14 @@ class TaskSet:
     selection: Selection = "auto"
 
     def __post_init__(self) -> None:
-        if not (self.mask or self.level or self.descriptors):
-            raise ValueError("enable at least one task: mask, level or descriptors")
-        if self.level_from not in ("direct", "acr_points", "both"):
-            raise ValueError(
-                f"unknown level_from {self.level_from!r}; use direct, acr_points or both"
-            )
-        if self.level and self.level_from != "direct" and not self.descriptors:
-            raise ValueError(
-                f"level_from {self.level_from!r} reads the ACR descriptor heads: enable "
-                "descriptors (use_descriptors true)"
-            )
+        switches = ("mask", "level", "radiomics", "descriptors")
+        not_bool = [name for name in switches if not isinstance(getattr(self, name), bool)]
+        if not_bool:
+            raise TypeError(f"task switches must be true or false: {not_bool}")
+        if not (self.mask or self.level):
+            # every selection score is a mask or a level score
+            raise ValueError("enable the mask or the level task (use_mask, use_level)")
+        check_level_route(self.level_from, level=self.level, descriptors=self.descriptors)
         if self.selection not in ("auto", *SELECTION_METRICS):
             raise ValueError(f"unknown selection {self.selection!r}; use auto, mask, level, joint")
         needs = {"mask": self.mask, "level": self.level, "joint": self.mask and self.level}
@@ -106,12 +114,20 @@ class TaskSet:
             raise ValueError(f"selection {self.selection!r} needs a task this model does not learn")
         if self.radiomics and self.radiomics_dim <= 0:
             raise ValueError("the radiomics head needs radiomics_dim, the target's length")
-        unknown = set(self.weights or {}) - set(DEFAULT_TASK_WEIGHTS)
+        weights = dict(self.weights or {})
+        unknown = set(weights) - set(DEFAULT_TASK_WEIGHTS)
         if unknown:
             raise ValueError(
                 f"task weights for unknown tasks {sorted(unknown)}; "
                 f"known: {sorted(DEFAULT_TASK_WEIGHTS)}"
             )
+        invalid = {
+            task: weight
+            for task, weight in weights.items()
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0
+        }
+        if invalid:
+            raise ValueError(f"task weights must be non-negative numbers, got {invalid}")
         get_grouping(self.label_grouping, self.tirads_scheme)  # an unknown grouping fails here
 
     @property

@@ -22,7 +22,7 @@ from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from data_prep.phantom import write_phantom_dataset
 from thyroid_monai import keys
 from thyroid_monai.cli import main
-from thyroid_monai.engine.run_config import RUN_CONFIG
+from thyroid_monai.io.checkpoints import RUN_CONFIG
 from thyroid_monai.io.nifti import read_nifti_2d
 from thyroid_monai.mtl import GRADIENT_METHODS
 from thyroid_monai.mtl.rlar import RLAR

@@ -6,11 +6,13 @@ from pathlib import Path
 import mlflow
 import mlflow.pytorch
 import pytest
+from monai.bundle import ConfigWorkflow
 
 from data_prep.phantom import write_phantom_dataset
+from thyroid_monai.io.checkpoints import RUN_CONFIG
 from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.synthetic import PhantomConfig, RenderSettings
-from thyroid_monai.workflows import run_bundle, sqlite_uri
+from thyroid_monai.workflows import default_bundle_dir, run_bundle, sqlite_uri
 
 NAME = "thyroid_us_multitask"
 FIGURES = {"confusion_matrix.png", "sample_overlays.png", "gradient_diagnostics.png"}
@@ -47,13 +49,19 @@ def test_tracked_runs_record_everything_and_promote_only_better_models(dataset, 
     assert params["image_size"] == "[64, 64]"
     assert params["backbone"] == "resnet18"
     assert params["batch_size"] == "4"
-    assert params["network_def.level_pooling"] == "auto"
     assert "network" not in params  # an expression: derived, not a setting
     assert params["tasks.learned"] == "seg,cls"
     assert params["tasks.num_classes"] == "5"
     assert params["tasks.selection_metric"] == "val_mean_dice"
     assert params["gradient_method.name"] == "sum"
     assert params["rlar"] == "off"
+    # options whose defaults live in the classes are recorded too
+    assert params["network_def.dropout"] == "0.1"
+    assert params["network_def.level_pooling"] == "nodule"  # auto, resolved by the network
+    assert params["loss.level_loss"] == "ce"
+    assert params["optimizer.weight_decay"] == "0.0001"
+    assert params["train.trainer.level_guide_epochs"] == "4"
+    assert not [key for key in params if key.endswith("._target_")]
     assert max(len(value) for value in params.values()) <= 500
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss_seg")] == [1]
     assert len(client.get_metric_history(run.info.run_id, "val_mean_dice")) == 1
@@ -93,3 +101,33 @@ def test_tracked_runs_record_everything_and_promote_only_better_models(dataset, 
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == champion
     versions = {str(v.version): v for v in client.search_model_versions(f"name='{NAME}'")}
     assert float(versions["2"].tags["val_mean_dice"]) == pytest.approx(worse["metric"])
+
+
+def test_a_tracked_runs_record_evaluates_with_tracking_from_any_folder(dataset, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    store = sqlite_uri(tmp_path / "team.db")
+    train(dataset, tmp_path / "run", store, "recorded")
+    record = json.loads((tmp_path / "run" / RUN_CONFIG).read_text())
+    # the record is the training's config, not MONAI's tracking patch of it
+    assert "save_execute_config" not in record
+    targets = [h.get("_target_", "") for h in record["train"]["handlers"]
+               + record["validate"]["handlers"] if isinstance(h, dict)]  # fmt: skip
+    assert not [t for t in targets if "tracking" in t or "MLFlow" in t]
+    assert Path(record["dataset_dir"]).is_absolute()
+    monkeypatch.chdir(tmp_path)  # another working directory than the training's
+    workflow = ConfigWorkflow(
+        config_file=[str(tmp_path / "run" / RUN_CONFIG),
+                     str(default_bundle_dir() / "configs" / "evaluate.yaml")],
+        tracking=str(default_bundle_dir() / "configs" / "tracking.yaml"),
+        workflow_type=None, logging_file=False, tracking_uri=store,
+    )  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    assert (tmp_path / "run" / "eval" / "metrics.csv").is_file()
+    assert list((tmp_path / "run" / "eval").glob("config_*.json"))  # this evaluation's copy
+    assert not [p for p in tmp_path.rglob("*") if "$" in p.name]
+    runs = mlflow.MlflowClient(store).search_runs(
+        [mlflow.MlflowClient(store).get_experiment_by_name(NAME).experiment_id]
+    )
+    assert len(runs) == 2  # the training and the evaluation, one handler each

@@ -31,7 +31,10 @@ def test_the_task_set_decides_outputs_weights_keys_and_selection():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"mask": False, "level": False}, "at least one task"),
+        ({"mask": False, "level": False, "descriptors": True}, "mask or the level"),
+        ({"mask": "no"}, "true or false"),
+        ({"weights": {"cls": -1.0}}, "non-negative"),
+        ({"weights": {"cls": "2"}}, "non-negative"),
         ({"level_from": "acr_points"}, "descriptors"),
         ({"radiomics": True}, "radiomics_dim"),
         ({"weights": {"size": 1.0}}, "unknown tasks"),
@@ -40,7 +43,7 @@ def test_the_task_set_decides_outputs_weights_keys_and_selection():
     ],
 )
 def test_an_impossible_task_set_is_refused_with_the_reason(options, message):
-    with pytest.raises((ValueError, KeyError), match=message):
+    with pytest.raises((ValueError, KeyError, TypeError), match=message):
         TaskSet(**options)
 
 
@@ -65,6 +68,11 @@ def test_a_gradient_method_is_chosen_by_name_with_its_own_options():
     assert tuple(learned.tasks) == tasks.output_keys
     with pytest.raises(TypeError, match="has no option rho; its options: measure_conflict"):
         build_gradient_method("sum", tasks=tasks, rho=0.7)
+    with pytest.raises(TypeError, match="option 'rho' takes a float"):
+        build_gradient_method("camegrad", tasks=tasks, rho="0.7")
+    with pytest.raises(TypeError, match="option 'measure_conflict' takes a bool"):
+        build_gradient_method("sum", tasks=tasks, measure_conflict=1)
+    assert build_gradient_method("camegrad", tasks=tasks, rho=1).options()["rho"] == 1
     with pytest.raises(ValueError, match="not both"):
         build_gradient_method("sum", tasks=tasks, task_weights={"seg": 1.0})
 

@@ -111,6 +111,9 @@ class TrainingCheckpointSaver(AtomicCheckpointSaver):
     """
 
     def __init__(self, key: str = "trainer", **kwargs: Any):
+        # A copy: the bundle hands the same dictionary to the loader, which adds to it too.
+        if "save_dict" in kwargs:
+            kwargs["save_dict"] = dict(kwargs["save_dict"])
         super().__init__(**kwargs)
         self.engine_key = key
         self._attached = False
@@ -157,14 +160,15 @@ class TrainingCheckpointLoader(CheckpointLoader):
         key: str = "trainer",
         **kwargs: Any,
     ):
-        self.load_path = load_path
+        self.resume_path = None if load_path is None else str(load_path)
         self.engine_key = key
-        if load_path is not None:
-            super().__init__(load_path=str(load_path), load_dict=load_dict, **kwargs)
+        if self.resume_path is not None:
+            # A copy: the bundle hands the same dictionary to the saver.
+            super().__init__(load_path=self.resume_path, load_dict=dict(load_dict), **kwargs)
 
     def attach(self, engine: Engine) -> None:
         """Adds ``engine`` to the loaded objects, then attaches as ``CheckpointLoader`` does."""
-        if self.load_path is None:
+        if self.resume_path is None:
             return
         if not Path(self.load_path).is_file():
             raise FileNotFoundError(f"checkpoint to resume from not found: {self.load_path}")

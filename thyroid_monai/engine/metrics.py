@@ -301,9 +301,9 @@ class MultitaskScores(Metric):
         result.update(self._descriptor_scores())
         for suffix in ("", TRUTH_SUFFIX):
             # one number for checkpoint selection when both tasks matter (TaskSet selection joint)
-            pair = (result.get(f"mean_dice{suffix}"), result.get(f"macro_f1{suffix}"))
-            if None not in pair:
-                result[f"joint{suffix}"] = float(np.mean(pair))
+            dice, f1 = result.get(f"mean_dice{suffix}"), result.get(f"macro_f1{suffix}")
+            if dice is not None and f1 is not None:
+                result[f"joint{suffix}"] = (dice + f1) / 2
         if not result:
             raise RuntimeError("MultitaskScores collected no prediction with a target")
         prefixed = {f"{self.prefix}{name}": value for name, value in result.items()}

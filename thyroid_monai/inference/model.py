@@ -19,10 +19,11 @@ A checkpoint that ``weights_only`` loading refuses (a pickled module) is likewis
 ``trust=True``. Anything else raises :class:`UntrustedModelError`, naming the file or URI and the
 flag.
 
-Pre-processing is :func:`inference_preprocessing`, the deterministic part of the bundle's
-``load_transforms`` (intensity 0-255 to 0-1 with clipping, area resize to ``image_size``),
-applied to the image in MONAI's x-first layout. The nodule probability is resized back to the
-input with bilinear interpolation before thresholding, so the mask follows the input's pixel grid.
+Pre-processing is :func:`inference_preprocessing`, the image part of the bundle's loading steps
+(:func:`~thyroid_monai.transforms.loading_transforms`: intensity 0-255 to 0-1 with clipping, area
+resize to ``image_size``), applied to the image in MONAI's x-first layout. The nodule probability
+is resized back to the input with bilinear interpolation before thresholding, so the mask follows
+the input's pixel grid.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, ScaleIntensityRange
 
 from thyroid_monai import descriptor_tasks, keys
-from thyroid_monai.engine.run_config import RUN_CONFIG
+from thyroid_monai.io.checkpoints import RUN_CONFIG
 from thyroid_monai.tirads import LabelGrouping, Scheme, get_grouping
 from thyroid_monai.transforms.geometry import ResizeToFit, undo_fit
 
@@ -59,9 +60,9 @@ class UntrustedModelError(ModelLoadError):
 def inference_preprocessing(image_size: Sequence[int]) -> Compose:
     """The bundle's deterministic pre-processing of an x-first ``(1, x, y)`` image.
 
-    Mirrors ``load_transforms`` of ``configs/train.yaml``: ``ScaleIntensityRange`` 0-255 to 0-1
-    with clipping, then an ``area`` resize by one factor to fit ``image_size`` and centred zero
-    padding (the aspect ratio is kept).
+    Mirrors the image part of :func:`~thyroid_monai.transforms.loading_transforms`:
+    ``ScaleIntensityRange`` 0-255 to 0-1 with clipping, then an ``area`` resize by one factor to
+    fit ``image_size`` and centred zero padding (the aspect ratio is kept).
     """
     return Compose(
         [

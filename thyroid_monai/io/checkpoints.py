@@ -25,6 +25,9 @@ from thyroid_monai.io.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
+RUN_CONFIG = Path("configs") / "train.json"
+"""Where, inside a run folder (``bundle_root``), the training configuration is recorded."""
+
 # The names ``TrainingCheckpointSaver`` gives its per-epoch checkpoints (ignite's pattern with
 # the ``epoch`` score name).
 EPOCH_CHECKPOINT = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")

@@ -64,8 +64,33 @@ def build_gradient_method(
             f"gradient method {name!r} has no option {', '.join(unknown)}; "
             f"its options: {', '.join(known) or 'none'}"
         )
+    for option, value in options.items():
+        _check_option_type(name, option, value, known[option])
     weights = tasks.active_weights if tasks is not None else task_weights
     return method(task_weights=weights, **options)
+
+
+def _check_option_type(method: str, option: str, value: Any, default: Any) -> None:
+    """Raises ``TypeError`` when ``value`` is not of the kind of the option's default.
+
+    Numbers stay numbers (an int for a float option is fine, a bool is not a number here), text
+    stays text, switches stay switches; an option whose default is None is not checked. The
+    method's constructor checks the values themselves (ranges, choices).
+    """
+    if default is None or default is inspect.Parameter.empty:
+        return
+    if isinstance(default, bool):
+        fits = isinstance(value, bool)
+    elif isinstance(default, int | float):
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+        fits = fits and (isinstance(default, float) or isinstance(value, int))
+    else:
+        fits = isinstance(value, type(default))
+    if not fits:
+        raise TypeError(
+            f"gradient method {method!r} option {option!r} takes a {type(default).__name__} "
+            f"(default {default!r}), got {value!r}"
+        )
 
 
 def method_options(name: str) -> dict[str, Any]:

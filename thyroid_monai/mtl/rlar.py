@@ -297,7 +297,7 @@ class RLAR:
                 f"RLAR latent='encoder' needs a network that can expose its encoder maps; "
                 f"{type(network).__name__} cannot"
             )
-        network.expose_encoder_maps = True
+        setattr(network, "expose_encoder_maps", True)  # noqa: B010  (a module attribute)
 
     def tracking_params(self) -> dict[str, Any]:
         """What a tracked run records: the constructor options and their values."""

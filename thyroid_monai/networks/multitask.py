@@ -59,7 +59,7 @@ import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from monai.networks.nets import FlexibleUNet
@@ -70,14 +70,11 @@ from thyroid_monai import descriptor_tasks, keys
 from thyroid_monai.networks.acr_route import AcrPointsLevel
 from thyroid_monai.networks.heads import OrdinalHead, ordinal_log_probabilities
 from thyroid_monai.networks.pooling import SHAPE_FEATURES, NodulePooling
-
-if TYPE_CHECKING:
-    from thyroid_monai.tasks import TaskSet
+from thyroid_monai.tasks import LevelFrom, TaskSet, check_level_route
 
 DecoderNorm = Literal["instance", "group", "batch", "none"]
 LevelHead = Literal["linear", "coral", "cumulative_link"]
 LevelPooling = Literal["auto", "nodule", "global"]
-LevelFrom = Literal["direct", "acr_points", "both"]
 
 
 class HeadInput(nn.Module):
@@ -146,13 +143,7 @@ def _check_options(
             "level_pooling 'nodule' pools where the mask head finds the nodule, but this "
             "model has no mask head (seg_classes 0); use 'global' or 'auto'"
         )
-    if level_from not in ("direct", "acr_points", "both"):
-        raise ValueError(f"unknown level_from {level_from!r}; use direct, acr_points or both")
-    if level_from != "direct" and num_classes > 0 and not descriptor_heads:
-        raise ValueError(
-            f"level_from {level_from!r} reads the ACR descriptor heads: enable "
-            "descriptor_heads (use_descriptors true)"
-        )
+    check_level_route(level_from, level=num_classes > 0, descriptors=descriptor_heads)
 
 
 def _flexible_unet(
@@ -290,6 +281,20 @@ class MultitaskUNet(nn.Module):
         self.decoder_norm = decoder_norm
         self.level_head = level_head
         self.expose_encoder_maps = expose_encoder_maps
+        self.architecture = {
+            "backbone": backbone,
+            "in_channels": in_channels,
+            "embedding_dim": embedding_dim,
+            "radiomics_slice": radiomics_slice,
+            "dropout": dropout,
+            "decoder_channels": list(decoder_channels),
+            "decoder_norm": decoder_norm,
+            "decoder_groups": decoder_groups,
+            "level_head": level_head,
+            "level_pooling": level_pooling,
+            "pooling_scales": None if pooling_scales is None else list(pooling_scales),
+            "pool_gradient": pool_gradient,
+        }
         self.unet = _flexible_unet(
             in_channels, seg_classes, backbone, decoder_channels, decoder_norm, decoder_groups
         )
@@ -313,12 +318,17 @@ class MultitaskUNet(nn.Module):
             self.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
 
     @classmethod
-    def for_tasks(cls, tasks: TaskSet, **architecture: Any) -> MultitaskUNet:
+    def for_tasks(
+        cls, tasks: TaskSet, level_pooling: LevelPooling = "auto", **architecture: Any
+    ) -> MultitaskUNet:
         """The network of a task set: the tasks decide the heads, ``architecture`` the rest.
 
         Args:
             tasks: Which targets the model learns (:class:`~thyroid_monai.tasks.TaskSet`).
-            **architecture: Every other constructor argument (``backbone``, ``level_pooling``...).
+            level_pooling: ``"auto"`` here (the level reads the nodule when the mask is
+                learned); the constructor's default, ``"global"``, is the layout of checkpoints
+                written before the option existed.
+            **architecture: Every other constructor argument (``backbone``, ``dropout``...).
 
         Raises:
             ValueError: If ``architecture`` repeats an argument the tasks decide.
@@ -327,7 +337,11 @@ class MultitaskUNet(nn.Module):
         repeated = sorted(set(decided) & set(architecture))
         if repeated:
             raise ValueError(f"{repeated} follow from the task set; set them there, not here")
-        return cls(**decided, **architecture)
+        return cls(**decided, level_pooling=level_pooling, **architecture)
+
+    def tracking_params(self) -> dict[str, Any]:
+        """What a tracked run records: the architecture (the task set records the heads)."""
+        return dict(self.architecture)
 
     def _add_heads(self, embedding_dim: int, outline: int, descriptor_heads: bool) -> None:
         """The level, radiomics and descriptor heads on the embedding (and the outline)."""

@@ -8,11 +8,14 @@ and :func:`param_value` make one key and one value valid.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from pydoc import locate
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.bundle.utils import ID_SEP_KEY
@@ -81,23 +84,51 @@ def _is_setting(value: Any) -> bool:
 def component_params(name: str, component: Any) -> dict[str, Any]:
     """``{<name>.<option>: value}`` from a component's own ``tracking_params()``.
 
-    A component that is off (``None``, e.g. RLAR without ``use_rlar``) is ``{name: "off"}``.
+    A component that is off (``None``, e.g. RLAR without ``use_rlar``) is ``{name: "off"}``; a
+    torch optimiser records its class and its defaults (learning rate, weight decay...).
 
     Raises:
         TypeError: If the component cannot describe itself.
     """
     if component is None:
         return {name: "off"}
-    describe = getattr(component, "tracking_params", None)
-    if describe is None:
+    if isinstance(component, torch.optim.Optimizer):
+        described = {"name": type(component).__name__, **component.defaults}
+    elif hasattr(component, "tracking_params"):
+        described = component.tracking_params()
+    else:
         raise TypeError(f"{name}: {type(component).__name__} has no tracking_params()")
-    return {f"{name}{ID_SEP_KEY}{option}": value for option, value in describe().items()}
+    return {f"{name}{ID_SEP_KEY}{option}": value for option, value in described.items()}
+
+
+def signature_params(config_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The written values of a component's config and its class's defaults for the rest.
+
+    For a component that cannot be referenced when the params are made (the trainer, whose
+    handlers include the tracking handler itself): ``<config_id>.<argument>`` for every argument
+    of its ``_target_`` that has a default and is not set by a reference or an expression.
+    """
+    section: Any = config
+    for part in config_id.split(ID_SEP_KEY):
+        section = section.get(part, {}) if isinstance(section, Mapping) else {}
+    target = section.get("_target_") if isinstance(section, Mapping) else None
+    located = locate(target) if isinstance(target, str) else None
+    if not callable(located):
+        return {}
+    values: dict[str, Any] = {}
+    for argument, parameter in inspect.signature(located).parameters.items():
+        written = section.get(argument, parameter.default)
+        if written is inspect.Parameter.empty or not _is_setting(written):
+            continue
+        values[f"{config_id}{ID_SEP_KEY}{argument}"] = written
+    return values
 
 
 def config_params(
     config_file: str | Path | None,
     *,
     components: Mapping[str, Any] | None = None,
+    defaults_of: Iterable[str] = (),
     exclude: Iterable[str] = DEFAULT_PARAM_EXCLUDE,
     value_limit: int = PARAM_VALUE_LIMIT,
     separator: str = ".",
@@ -108,14 +139,18 @@ def config_params(
       what it runs with (``gradient_method.name``, ``gradient_method.rho``...), through its
       ``tracking_params()``; the config subtree of that id is not logged, so a param never
       describes an option the run did not use;
+    * every config id in ``defaults_of`` logs its written values and its class's defaults
+      (:func:`signature_params`);
     * every other leaf of the merged config that is a written value (``image_size``,
-      ``network_def.level_pooling``...) is one param; references and expressions are left
-      out: they derive from values logged elsewhere (``@batch_size``) or build objects.
+      ``network_def.level_pooling``...) is one param; references, expressions and
+      ``_target_`` names are left out: they derive from values logged elsewhere
+      (``@batch_size``) or build objects.
 
     Args:
         config_file: The merged config (JSON or YAML) that MONAI writes for
             ``save_execute_config``; ``None`` (not saved) gives only the components.
         components: ``{config id: built component}``.
+        defaults_of: Config ids whose class defaults are logged with their written values.
         exclude: Top-level ids left out.
         value_limit: Longest value; longer ones are cut and end with ``...``.
         separator: Joins the levels of a config id into a param key.
@@ -137,8 +172,10 @@ def config_params(
     values = {
         config_id: value
         for config_id, value in _leaves({k: v for k, v in config.items() if k not in left_out}, "")
-        if _is_setting(value)
+        if _is_setting(value) and not config_id.endswith(f"{ID_SEP_KEY}_target_")
     }
+    for config_id in defaults_of:
+        values.update(signature_params(config_id, config))
     for name, component in described.items():
         values.update(component_params(name, component))
     params: dict[str, str] = {}

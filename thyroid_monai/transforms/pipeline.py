@@ -53,8 +53,8 @@ def loading_transforms(tasks: TaskSet, image_size: Sequence[int]) -> list[MapTra
     Returns:
         Load, channel first (a list of reader masks loads as a readers-by-pixels stack), intensity
         0-255 to 0-1, fit to ``image_size``, pixel spacing, level classes, descriptor classes,
-        radiomics vector, placeholders for a missing mask or level (an item with neither is an
-        error naming it), and float32 image and mask (an unknown mask is NaN).
+        the radiomics vector (when learned), placeholders for a missing mask or level (an item
+        with neither is an error naming it), and float32 image and mask (unknown mask: NaN).
     """
     images = (keys.IMAGE, *MASK_KEYS)
     return [
@@ -80,7 +80,7 @@ def loading_transforms(tasks: TaskSet, image_size: Sequence[int]) -> list[MapTra
             allow_missing_keys=True,
         ),
         DescriptorsToIndicesd(),
-        RadiomicsTargetd(num_features=tasks.radiomics_dim if tasks.radiomics else 0),
+        *([RadiomicsTargetd(num_features=tasks.radiomics_dim)] if tasks.radiomics else []),
         MissingTargetsd(mask=tasks.mask, level=tasks.level),
         EnsureTyped(keys=(keys.IMAGE, keys.LABEL), dtype=torch.float32),
     ]

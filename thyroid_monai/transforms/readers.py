@@ -17,18 +17,15 @@ reader (``desc_<category>_readers``). Three ways to train on them (``reader_mode
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from monai.transforms import Compose, MapTransform, Randomizable, Transform
 
 from thyroid_monai import descriptor_tasks, keys
+from thyroid_monai.tasks import ReaderMode, TaskSet
 
-if TYPE_CHECKING:
-    from thyroid_monai.tasks import TaskSet
-
-ReaderMode = Literal["consensus", "sample", "soft"]
 READER_SUFFIX = "_readers"
 
 

@@ -130,8 +130,7 @@ class RadiomicsTargetd(MapTransform):
     Args:
         keys: Keys holding radiomics vectors (``radiomics``).
         num_features: Expected length (from :func:`radiomics_feature_count`). An absent or
-            ``null`` vector becomes all ``NaN``, so the item still trains its other tasks. 0:
-            the radiomics head is not trained and the transform does nothing.
+            ``null`` vector becomes all ``NaN``, so the item still trains its other tasks.
 
     Raises:
         ValueError: For a vector of the wrong length or with non-numeric entries (names the
@@ -140,15 +139,13 @@ class RadiomicsTargetd(MapTransform):
 
     def __init__(self, keys: Sequence[str] | str = (keys.RADIOMICS,), num_features: int = 0):
         super().__init__(keys, allow_missing_keys=True)
-        if num_features < 0:
-            raise ValueError(f"num_features must be >= 0, got {num_features}")
+        if num_features <= 0:
+            raise ValueError(f"num_features must be positive, got {num_features}")
         self.num_features = num_features
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Returns a copy of ``data`` with every radiomics key as a tensor."""
         sample = dict(data)
-        if self.num_features == 0:
-            return sample
         for key in self.keys:
             value = sample.get(key)
             if value is None:
