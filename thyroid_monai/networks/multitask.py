@@ -249,18 +249,11 @@ class MultitaskUNet(nn.Module):
         weights_path: str | Path | None = None,
     ):
         super().__init__()
-        _check_options(
-            num_classes=num_classes,
-            seg_classes=seg_classes,
-            backbone=backbone,
-            embedding_dim=embedding_dim,
-            radiomics_dim=radiomics_dim,
-            radiomics_slice=radiomics_slice,
-            level_head=level_head,
-            descriptor_heads=descriptor_heads,
-            level_pooling=level_pooling,
-            level_from=level_from,
-        )
+        _check_options(num_classes=num_classes, seg_classes=seg_classes, backbone=backbone,
+                       embedding_dim=embedding_dim, radiomics_dim=radiomics_dim,
+                       radiomics_slice=radiomics_slice, level_head=level_head,
+                       descriptor_heads=descriptor_heads, level_pooling=level_pooling,
+                       level_from=level_from)  # fmt: skip
         if level_pooling == "auto":
             level_pooling = "nodule" if seg_classes > 0 else "global"
         self.acr_level: AcrPointsLevel | None = None
@@ -281,20 +274,15 @@ class MultitaskUNet(nn.Module):
         self.decoder_norm = decoder_norm
         self.level_head = level_head
         self.expose_encoder_maps = expose_encoder_maps
-        self.architecture = {
-            "backbone": backbone,
-            "in_channels": in_channels,
-            "embedding_dim": embedding_dim,
-            "radiomics_slice": radiomics_slice,
-            "dropout": dropout,
-            "decoder_channels": list(decoder_channels),
-            "decoder_norm": decoder_norm,
-            "decoder_groups": decoder_groups,
-            "level_head": level_head,
-            "level_pooling": level_pooling,
-            "pooling_scales": None if pooling_scales is None else list(pooling_scales),
-            "pool_gradient": pool_gradient,
-        }
+        # What the network records as tracking params (the task set records the heads).
+        self.architecture = dict(
+            backbone=backbone, in_channels=in_channels, embedding_dim=embedding_dim,
+            radiomics_slice=radiomics_slice, dropout=dropout,
+            decoder_channels=list(decoder_channels), decoder_norm=decoder_norm,
+            decoder_groups=decoder_groups, level_head=level_head,
+            level_pooling=level_pooling, pool_gradient=pool_gradient,
+            pooling_scales=None if pooling_scales is None else list(pooling_scales),
+        )  # fmt: skip
         self.unet = _flexible_unet(
             in_channels, seg_classes, backbone, decoder_channels, decoder_norm, decoder_groups
         )
