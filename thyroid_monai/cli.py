@@ -46,6 +46,7 @@ from thyroid_monai.arguments import (
     frames,
     probability,
 )
+from thyroid_monai.demo import DemoOptions
 from thyroid_monai.tirads import ACR_LEVELS
 
 if TYPE_CHECKING:  # heavy imports happen inside the subcommands, so `--help` stays fast
@@ -294,20 +295,23 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
         "converted and de-identified by prep dicom, a few epochs of multitask training through "
         "the MONAI bundle (tracked in MLflow), evaluation on held-out patients.",
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
-    # 600 images at 64 px for 12 epochs learn the level in about the time 240 images at 128 px
-    # took for 10 epochs (docs/level.md: data size matters more than resolution on a CPU budget)
-    parser.add_argument("--n", type=at_least(1), default=600, help="phantom images")
-    parser.add_argument("--epochs", type=at_least(1), default=12)
-    parser.add_argument("--image-size", type=at_least(16), default=64, help="network input size")
-    parser.add_argument("--batch-size", type=at_least(1), default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=at_least(1), default=2, help="conversion processes")
+    defaults = DemoOptions()  # the defaults are written once, in DemoOptions
+    parser.add_argument("--out", type=Path, default=defaults.out, help="run folder")
+    parser.add_argument("--n", type=at_least(1), default=defaults.images, help="phantom images")
+    parser.add_argument("--epochs", type=at_least(1), default=defaults.epochs)
+    parser.add_argument(
+        "--image-size", type=at_least(16), default=defaults.image_size, help="network input size"
+    )
+    parser.add_argument("--batch-size", type=at_least(1), default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--workers", type=at_least(1), default=defaults.workers, help="conversion processes"
+    )
     parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from thyroid_monai.demo import DemoOptions, check_demo_capacity, run_demo
+    from thyroid_monai.demo import check_demo_capacity, run_demo
 
     options = DemoOptions(
         out=args.out, images=args.n, epochs=args.epochs, image_size=args.image_size,

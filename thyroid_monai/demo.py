@@ -27,6 +27,8 @@ EXPERIMENT = "thyroid_us_multitask"
 class DemoOptions:
     """What the demo runs: the run folder, the phantom's size and the training budget."""
 
+    # 600 images at 64 px for 12 epochs learn the level in about the time 240 images at 128 px
+    # took for 10 epochs (docs/level.md: data size matters more than resolution on a CPU budget)
     out: Path = Path("runs/demo")
     """Run folder (export, data, checkpoints, MLflow store)."""
     images: int = 600
