@@ -116,7 +116,7 @@ def test_each_variant_trains_and_is_tracked(phantom: Path, tmp_path: Path, varia
     assert (tmp_path / "models" / "model.pt").is_file()
     assert (tmp_path / "eval" / "validation_report.md").is_file()
     if variant == "radiomics_rlar":
-        assert run.data.params["rlar.weight"] == "0.05"
+        assert run.data.params["rlar.weight"] == "0.5"
         assert run.data.params["rlar.warmup_epochs"] == "0"  # the override
         assert run.data.params["tasks.learned"] == "seg,cls,rad"
 

@@ -24,6 +24,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 from thyroid_monai import keys
 from thyroid_monai.engine.prepare import MultitaskPrepareBatch
+from thyroid_monai.mtl.alignment import AlignmentMonitor
 from thyroid_monai.mtl.base import GradientMethod, WeightedSum
 from thyroid_monai.mtl.distributed import all_reduce_gradients, is_data_parallel, local_gradients
 from thyroid_monai.mtl.rlar import RLAR
@@ -89,6 +90,11 @@ class MultitaskTrainer(SupervisedTrainer):
             0 never. Early predicted masks are poor, so the level head learns to read the nodule
             before it has to find it. Validation and inference always use the prediction. The
             default, 4, is what the level ablation ran (docs/level.md).
+        alignment_every: Measure the per-sample cosines RLAR penalises, at the deepest and the
+            pooled latent, every this many iterations (0: never), with or without RLAR; their
+            epoch quantiles become ``train_align_*`` metrics
+            (:class:`~thyroid_monai.mtl.alignment.AlignmentMonitor`). Each measurement costs two
+            backward passes to the latent.
         **kwargs: Everything else ``SupervisedTrainer`` accepts (device, max_epochs,
             train_data_loader, optimizer, train_handlers, ...). ``amp`` is not supported because
             gradient methods edit gradients before the step.
@@ -103,6 +109,7 @@ class MultitaskTrainer(SupervisedTrainer):
         regulariser: RLAR | None = None,
         prepare_batch: Any = None,
         level_guide_epochs: int = 4,
+        alignment_every: int = 0,
         **kwargs: Any,
     ):
         unwrapped = getattr(network, "module", network)  # DistributedDataParallel
@@ -121,8 +128,14 @@ class MultitaskTrainer(SupervisedTrainer):
             raise ValueError("MultitaskTrainer does not support amp: gradient methods edit .grad")
         # The epoch means must be computed before any handler (MLflow, stats) reads the metrics at
         # the same event, so they go first in the handler list.
+        if alignment_every < 0:
+            raise ValueError(f"alignment_every must be >= 0, got {alignment_every}")
+        self.alignment = AlignmentMonitor(alignment_every) if alignment_every else None
         handlers = kwargs.pop("train_handlers", None) or []
-        kwargs["train_handlers"] = [EpochScalarMeans(), *ensure_tuple(handlers)]
+        first = (
+            [EpochScalarMeans()] if self.alignment is None else [EpochScalarMeans(), self.alignment]
+        )
+        kwargs["train_handlers"] = [*first, *ensure_tuple(handlers)]
         super().__init__(
             network=network,
             loss_function=loss_function,
@@ -194,6 +207,8 @@ class MultitaskTrainer(SupervisedTrainer):
         engine.state.output[Keys.LOSS] = method.joint_loss(losses).detach()
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
+        if self.alignment is not None and self.alignment.due(engine.state.iteration):
+            self.alignment.measure(losses, outputs)
         objective, regularisation = losses, dict[str, float]()
         if self.regulariser is not None:
             objective, regularisation = self.regulariser(

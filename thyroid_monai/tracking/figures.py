@@ -26,6 +26,7 @@ from monai.utils.enums import CommonKeys as Keys
 from thyroid_monai import keys
 from thyroid_monai.engine.metrics import MultitaskScores
 from thyroid_monai.io.files import atomic_path
+from thyroid_monai.mtl.alignment import ALIGNMENT_PREFIX
 from thyroid_monai.mtl.diagnostics import CONFLICT, COSINE_PREFIX, NORM_PREFIX, WEIGHT_PREFIX
 from thyroid_monai.tirads import Scheme, get_grouping
 
@@ -35,6 +36,7 @@ PANELS: tuple[tuple[str, str, str], ...] = (
     ("gradient norm", NORM_PREFIX, "log"),
     ("effective task weight", WEIGHT_PREFIX, "linear"),
     ("share of conflicting steps", CONFLICT, "linear"),
+    ("per-sample cosine at the latent (RLAR)", ALIGNMENT_PREFIX, "linear"),
 )
 
 
@@ -95,16 +97,19 @@ class GradientDiagnosticsFigure:
             series = {n: v for n, v in self.history.items() if self._panel(n) == index}
             if prefix == COSINE_PREFIX and len(series) == 2:  # one pair: its minimum is itself
                 series.pop(f"{COSINE_PREFIX}min", None)
-            for name, values in sorted(series.items()):
-                epochs = sorted(values)
-                label = name.removeprefix(prefix) or name
-                axis.plot(epochs, [values[e] for e in epochs], marker="o", label=label)
+            if prefix == ALIGNMENT_PREFIX:
+                _draw_alignment_bands(axis, series)
+            else:
+                for name, values in sorted(series.items()):
+                    epochs = sorted(values)
+                    label = name.removeprefix(prefix) or name
+                    axis.plot(epochs, [values[e] for e in epochs], marker="o", label=label)
             if not series:
                 axis.text(0.5, 0.5, "not measured", ha="center", va="center",
                           transform=axis.transAxes)  # fmt: skip
             elif scale == "log" and all(v > 0 for s in series.values() for v in s.values()):
                 axis.set_yscale("log")
-            if prefix == COSINE_PREFIX:
+            if prefix in (COSINE_PREFIX, ALIGNMENT_PREFIX):
                 axis.axhline(0.0, color="grey", linewidth=0.8)
             if prefix == CONFLICT:
                 axis.set_ylim(-0.05, 1.05)
@@ -118,6 +123,22 @@ class GradientDiagnosticsFigure:
             figure.savefig(temporary, dpi=self.dpi)
         plt.close(figure)
         return self.path
+
+
+def _draw_alignment_bands(axis: Any, series: Mapping[str, Mapping[int, float]]) -> None:
+    """Per latent: the median cosine over epochs, between its 5-95% and 25-75% quantiles."""
+    latents = sorted({name.removeprefix(ALIGNMENT_PREFIX).rsplit("_", 1)[0] for name in series})
+    latents = [latent for latent in latents if f"{ALIGNMENT_PREFIX}{latent}_p50" in series]
+    for latent in latents:
+        name = f"{ALIGNMENT_PREFIX}{latent}_"
+        median = series[f"{name}p50"]
+        epochs = sorted(median)
+        (line,) = axis.plot(epochs, [median[e] for e in epochs], marker="o", label=latent)
+        for low, high, alpha in (("p05", "p95", 0.15), ("p25", "p75", 0.3)):
+            lower, upper = series.get(f"{name}{low}", {}), series.get(f"{name}{high}", {})
+            shared = [e for e in epochs if e in lower and e in upper]
+            axis.fill_between(shared, [lower[e] for e in shared], [upper[e] for e in shared],
+                              color=line.get_color(), alpha=alpha, linewidth=0)  # fmt: skip
 
 
 # --- figures of an evaluation ------------------------------------------------------------------

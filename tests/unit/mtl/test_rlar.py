@@ -170,7 +170,7 @@ def fake_losses_and_outputs():
 def test_fold_adds_the_weighted_penalty_where_configured(fold):
     torch.manual_seed(0)
     losses, outputs = fake_losses_and_outputs()
-    rlar = RLAR(weight=0.2, tau=-1.0, fold=fold, warmup_epochs=0)
+    rlar = RLAR(weight=0.2, tau=-1.0, fold=fold, warmup_epochs=0, every=1)
     folded, diagnostics = rlar(losses, outputs, epoch=1, iteration=1)
     term = 0.2 * diagnostics["rlar_penalty"]
     value = lambda losses, task: float(torch.as_tensor(losses.get(task, 0.0)).detach())  # noqa: E731
@@ -256,7 +256,7 @@ def test_trainer_folds_rlar_before_the_gradient_method_and_reports_it():
         optimizer=torch.optim.SGD(net.parameters(), 0.01),
         loss_function=MultitaskLoss(),
         gradient_method=Recording(),
-        regulariser=RLAR(weight=0.5, tau=-1.0, fold="cls", warmup_epochs=0),
+        regulariser=RLAR(weight=0.5, tau=-1.0, fold="cls", warmup_epochs=0, every=1),
     )
     trainer.run()
     output = trainer.state.output[0]
