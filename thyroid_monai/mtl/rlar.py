@@ -37,19 +37,21 @@ makes is an option:
   entry ``"rlar"``, which the method treats as one more objective (it has no task parameters).
   Task weights of the method multiply the folded term like the rest of that task's loss.
 
-**Defaults** (measured, December 2026; papers.md is silent on every value). The first
-reconstruction (squared hinge at the deepest map, tau 0.1, weight 0.05) never acted: per-sample
-cosines there stayed within +-0.025, so the hinge was exactly zero on almost every sample. With the
-level head reading the nodule (nodule pooling) the cosines widen, most at the pooled latent
-(``python benchmarks/rlar_alignment.py``: over 6 epochs of the 64-px default model, mean ``|c|``
-0.05-0.07 at the deepest map, 0.16-0.20 pooled, a third of the samples above 0.1 pooled). On the
-encoder, the penalty's gradient per unit weight is 0.0015 of the task gradient for the old form,
-0.19 for the hinge with power 1 at the pooled latent (power 2 shrinks it fourfold because
-``c - tau`` is small). Hence: ``latent="pooled"``, ``power=1`` (a hinge whose gradient does not
-vanish at the margin), ``tau=0.1`` (only alignment counts; ``absolute=True, tau=0, power=2`` is the
-``c^2`` variant), ``weight=0.5`` (about a tenth of the task gradient on the encoder where it acts),
-applied every 4th iteration with the weight scaled by 4 (``every=4``, lazy; the cost of the
-second-order pass falls to about a quarter).
+**Defaults** (measured, December 2026; papers.md is silent on every value;
+``benchmarks/results/rlar_alignment.json``, 600 phantom images, 64 px, resnet10, 8 epochs). The
+first reconstruction (squared hinge at the deepest map, tau 0.1, weight 0.05, every step) never
+acted: its penalty stayed at 0.0002-0.0005 and the cosines it targets did not move. With the
+level head reading the nodule (nodule pooling) the cosines spread most at the pooled latent:
+under the weighted sum, mean ``|c|`` 0.04-0.08 at the deepest map and 0.10-0.21 pooled, with
+21-41% of the samples above 0.1 pooled. On the encoder, the penalty's gradient per unit weight
+is 0.028 of the task gradient for the old form (so 0.0014 at weight 0.05) and 0.245 for a hinge
+with power 1 at the pooled latent (power 2 shrinks it because ``c - tau`` is small). Hence:
+``latent="pooled"``, ``power=1`` (a hinge whose gradient does not vanish at the margin),
+``tau=0.1`` (only alignment counts; ``absolute=True, tau=0, power=2`` is the ``c^2`` variant),
+``weight=0.5`` (about an eighth of the task gradient on the encoder where it acts), applied every
+4th iteration with the weight scaled by 4 (``every=4``, lazy: the second-order pass on a quarter
+of the steps). With these defaults the pooled ``|c|`` falls from 0.20 (sum) to 0.07 by epoch 8,
+the share above tau from 39% to 12%.
 
 Cost: no extra forward pass; one extra backward from each loss to ``z`` with the graph kept (through
 the decoder for the mask), and the final backward then also runs the second-order terms, which
