@@ -184,6 +184,11 @@ def _unique(params: Sequence[torch.Tensor], exclude: set[int] | None = None) -> 
     return unique
 
 
+def _accumulates(p: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether a gradient of ``dtype`` can be added to ``p.grad`` in place."""
+    return p.grad is not None and p.grad.dtype == dtype and p.grad.shape == p.shape
+
+
 def _check_finite(
     gram: torch.Tensor, tasks: Sequence[str], losses: Mapping[str, torch.Tensor]
 ) -> None:
@@ -332,9 +337,9 @@ class GradientAggregator(GradientMethod):
         with timed_phase(self.timer, "aggregation"):
             gram = gradients.gram()
             _check_finite(gram, gradients.tasks, losses)
-            pieces, combination = self._combine_pieces(gradients, gram, weights, epoch)
+            combination = self._combination(gradients, gram, weights, epoch)
         with timed_phase(self.timer, "write"):
-            leaf_grads = self._write(gradients, pieces, representation)
+            leaf_grads = self._write(gradients, combination, representation)
         if representation is not None and leaf_grads:
             with timed_phase(self.timer, "representation_backward"):
                 representation.backward(leaf_grads)
@@ -367,37 +372,52 @@ class GradientAggregator(GradientMethod):
             heads = [p for p in heads if id(p) not in below]
         return (shared + heads, []) if self.parameters == "all" else (shared, heads)
 
-    def _combine_pieces(
+    def _combination(
         self, gradients: TaskGradients, gram: torch.Tensor, weights: torch.Tensor, epoch: int
-    ) -> tuple[list[torch.Tensor], Combination]:
-        """The combined gradient per column, from the Gram matrix (or the matrix if needed)."""
+    ) -> Combination:
+        """The coefficients from the Gram matrix; the matrix's combination only if needed.
+
+        With coefficients, ``vector`` is left empty: :meth:`_write` adds ``c @ G`` to ``.grad``
+        directly from the per-task gradients.
+        """
         try:
             found = self.coefficients(gram, weights, epoch)
         except NotImplementedError:
-            combination = self.combine(gradients.matrix, weights, epoch)
-            return gradients.split(combination.vector), combination
+            return self.combine(gradients.matrix, weights, epoch)
         values = found.values.to(device=gram.device, dtype=gram.dtype)
-        pieces = gradients.combine(values)
-        # The vector itself is never flattened: the diagnostics read the coefficients.
-        return pieces, Combination(pieces[0], values, found.diagnostics, gram)
+        return Combination(gram.new_empty(0), values, found.diagnostics, gram)
 
     def _write(
         self,
         gradients: TaskGradients,
-        pieces: Sequence[torch.Tensor],
+        combination: Combination,
         representation: Representation | None,
     ) -> dict[torch.Tensor, torch.Tensor]:
-        """Adds the pieces and the heads' gradients to ``.grad``; returns the leaves' pieces."""
+        """Adds the combination and the heads' gradients to ``.grad``; returns the leaves' part."""
         leaves = set() if representation is None else {id(t) for t in representation.leaves}
+        if combination.vector.numel() == 0 and combination.coefficients is not None:
+            # c @ G added to the existing .grad in place: no vector, no temporary per column
+            into = [
+                p.grad if id(p) not in leaves and _accumulates(p, gradients.dtype) else None
+                for p in gradients.params
+            ]
+            pieces = gradients.combine(combination.coefficients, into=into)
+        else:
+            into = [None] * len(gradients.params)
+            pieces = gradients.split(combination.vector)
         leaf_grads: dict[torch.Tensor, torch.Tensor] = {}
-        for p, g in zip(gradients.params, pieces, strict=True):
+        for p, g, target in zip(gradients.params, pieces, into, strict=True):
             if id(p) in leaves:
                 leaf_grads[p] = g.to(p.dtype)
-            else:
+            elif target is None:
                 grad = g.view_as(p).to(p.dtype)
                 p.grad = grad if p.grad is None else p.grad + grad
         for p, g in gradients.rest.items():
-            p.grad = g if p.grad is None else p.grad + g
+            if _accumulates(p, g.dtype):
+                assert p.grad is not None
+                p.grad.add_(g)
+            else:
+                p.grad = g if p.grad is None else p.grad + g
         return leaf_grads
 
     def _diagnostics(

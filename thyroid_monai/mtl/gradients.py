@@ -96,12 +96,22 @@ class TaskGradients:
         upper = torch.triu(gram, diagonal=1)
         return (gram + upper.T).to(self.dtype)
 
-    def combine(self, coefficients: torch.Tensor) -> list[torch.Tensor]:
-        """``coefficients @ G``, one tensor per column, shaped like it."""
+    def combine(
+        self,
+        coefficients: torch.Tensor,
+        into: Sequence[torch.Tensor | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """``coefficients @ G``, one tensor per column, shaped like it.
+
+        Args:
+            coefficients: One per task.
+            into: Per column, a tensor of the column's shape and the accumulation type to add
+                the combination to in place (an existing ``.grad``), or None (a new tensor).
+        """
         values = [float(c) for c in coefficients.tolist()]
+        targets = list(into) if into is not None else [None] * len(self.params)
         combined = []
-        for column, p in enumerate(self.params):
-            total: torch.Tensor | None = None
+        for column, (p, total) in enumerate(zip(self.params, targets, strict=True)):
             for task, c in enumerate(values):
                 g = self.rows[task][column]
                 if g is None:
