@@ -10,8 +10,8 @@ import copy
 
 import pytest
 import torch
-from toy_multitask import TASKS, ToyMultitask, toy_losses
 from torchjd import aggregation
+from toy_multitask import TASKS, ToyMultitask, toy_losses
 
 from thyroid_monai.mtl import (
     GRADIENT_METHODS,
@@ -28,13 +28,15 @@ WEIGHTS = {"seg": 1.0, "cls": 2.0, "rad": 0.5, "margin": 1.5}
 def old_task_matrix(losses, params):
     """The matrix as the code before the engine built it: one autograd.grad per task, flattened."""
     rows = []
-    for index, loss in enumerate(losses.values()):
+    for loss in losses.values():
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         rows.append(
-            torch.cat([
-                torch.zeros(p.numel()) if g is None else g.reshape(-1)
-                for p, g in zip(params, grads, strict=True)
-            ])
+            torch.cat(
+                [
+                    torch.zeros(p.numel()) if g is None else g.reshape(-1)
+                    for p, g in zip(params, grads, strict=True)
+                ]
+            )
         )
     return torch.stack(rows)
 
@@ -66,9 +68,9 @@ def old_direction(name, method, matrix, weights):
 
 
 def flat_grads(params):
-    return torch.cat([
-        torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for p in params
-    ])
+    return torch.cat(
+        [torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for p in params]
+    )
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -82,9 +84,7 @@ def test_engine_task_gradients_equal_separate_autograd_calls(batched):
         for task, loss in losses.items()
     }
     matrix = old_task_matrix(losses, shared)
-    gradients = task_gradients(
-        losses, shared, other_params=heads, weights=WEIGHTS, batched=batched
-    )
+    gradients = task_gradients(losses, shared, other_params=heads, weights=WEIGHTS, batched=batched)
     for row, task in enumerate(TASKS):
         for got, want in zip(gradients.rows[row], expected[task][: len(shared)], strict=True):
             if batched:  # a vmapped backward may sum in another order
@@ -119,9 +119,9 @@ def test_every_method_writes_the_update_it_wrote_before_the_engine(name):
     expected_shared = old_direction(name, copy.deepcopy(method), matrix, WEIGHTS)
     head_weights = method.head_weights(TASKS)
     joint = sum(head_weights[t] * losses[t] for t in TASKS)
-    expected_heads = torch.cat([
-        g.reshape(-1) for g in torch.autograd.grad(joint, heads, retain_graph=True)
-    ])
+    expected_heads = torch.cat(
+        [g.reshape(-1) for g in torch.autograd.grad(joint, heads, retain_graph=True)]
+    )
     torch.manual_seed(0)
     method.backward(losses, shared_params=shared, task_params=model.task_parameters())
     torch.testing.assert_close(flat_grads(shared), expected_shared, rtol=1e-4, atol=1e-6)
