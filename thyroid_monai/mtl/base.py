@@ -163,17 +163,6 @@ class GradientMethod(ABC):
         return f"{type(self).__name__}({arguments})"
 
 
-def write_gradient(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
-    """Adds a flat gradient vector to the ``.grad`` of ``params`` (in their order and dtype)."""
-    total = sum(p.numel() for p in params)
-    if total != vector.numel():
-        raise ValueError(f"gradient vector has {vector.numel()} entries, parameters {total}")
-    # The pieces are views of ``vector``, which nothing else holds: no copy is needed.
-    for p, piece in zip(params, vector.split([p.numel() for p in params]), strict=True):
-        grad = piece.view_as(p).to(p.dtype)
-        p.grad = grad if p.grad is None else p.grad + grad
-
-
 def _unique(params: Sequence[torch.Tensor], exclude: set[int] | None = None) -> list[torch.Tensor]:
     seen = set(exclude or ())
     unique = []
