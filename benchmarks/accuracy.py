@@ -50,11 +50,12 @@ RESULTS = Path(__file__).parent / "results"
 PAIRS = (
     ("rlar", "sum"), ("rlar", "sum_radiomics"), ("rlar_tau0", "sum_radiomics"),
     ("rlar_pooled", "sum_radiomics"), ("rlar_every1", "rlar"), ("rlar_first", "rlar"),
-    ("camegrad", "sum"), ("camegrad", "cagrad"),
+    ("camegrad", "sum"), ("camegrad", "cagrad"), ("camegrad_representation", "camegrad"),
 )  # fmt: skip
 """Paired comparisons (challenger, reference): RLAR against the weighted sum (the paper's claim)
 and against the same model without the regulariser (RLAR's own share), CAME-Grad against the sum
-and against CAGrad (its rectification's origin)."""
+and against CAGrad (its rectification's origin), and CAME-Grad at the representation against
+CAME-Grad at the parameters (what the cheaper approximation costs)."""
 VARIABILITIES = ("none", "moderate", "strong")
 METRICS = ("dice", "hd95_mm", "macro_f1", "qwk", "auc")
 """The scores compared, all against the phantom's truth."""
@@ -105,12 +106,16 @@ METHODS: dict[str, dict[str, Any]] = {
     "level_coral": {"network_def#level_head": "coral", "loss#level_loss": "coral"},
     "level_cumulative_link": {"network_def#level_head": "cumulative_link",
                               "loss#level_loss": "coral"},
+    # CAME-Grad aggregating the gradients at the encoder's output maps (thyroid_monai.mtl.base)
+    "camegrad_representation": {"gradient_method#name": "camegrad",
+                                "gradient_method#aggregate_at": "representation"},
 }  # fmt: skip
 """Bundle overrides of each method over ``train.yaml``."""
 ABLATIONS = ("rlar_tau0", "rlar_pooled", "rlar_every1", "rlar_first", "level_global",
              "level_nodule", "level_nodule_guided",
              "level_acr_points", "level_both", "level_joint_selection",
-             "level_weight2", "level_coral", "level_cumulative_link")  # fmt: skip
+             "level_weight2", "level_coral", "level_cumulative_link",
+             "camegrad_representation")  # fmt: skip
 DEFAULT_METHODS = tuple(name for name in METHODS if name not in ABLATIONS)
 """The methods the issue compares (``--methods`` picks others)."""
 

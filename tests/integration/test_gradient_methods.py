@@ -15,6 +15,7 @@ from thyroid_monai.io.checkpoints import load_checkpoint
 from thyroid_monai.losses import MultitaskLoss
 from thyroid_monai.mtl import GRADIENT_METHODS, GradientAggregator, build_gradient_method
 from thyroid_monai.mtl.registry import method_options
+from thyroid_monai.mtl.rlar import RLAR
 from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.synthetic import Phantom, PhantomConfig
 from thyroid_monai.synthetic.render import RenderSettings
@@ -65,6 +66,49 @@ def test_every_registered_method_trains_the_phantom_model_without_nan(name, phan
         assert -1.0 <= metrics["train_grad_cos_seg_cls"] <= 1.0
         assert metrics["train_conflict"] in (0.0, 0.5, 1.0)
         assert all(np.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_METHODS))
+def test_every_method_at_the_representation_trains_the_phantom_model(name, phantom_loader):
+    # Nodule pooling: the level reads every encoder map, as the mask decoder does.
+    network = MultitaskUNet(num_classes=3, level_pooling="nodule")
+    options = {"measure_conflict": True} if name in ("sum", "uncertainty") else {}
+    method = build_gradient_method(
+        name, task_weights={"seg": 1.0, "cls": 1.0}, aggregate_at="representation", **options
+    )
+    encoder = list(network.representation_module().parameters())
+    before = [p.detach().clone() for p in encoder]
+    trainer = MultitaskTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=phantom_loader,
+        network=network,
+        optimizer=torch.optim.AdamW([*network.parameters(), *method.extra_parameters()], 1e-3),
+        loss_function=MultitaskLoss(),
+        gradient_method=method,
+    )
+    trainer.run()
+    metrics = trainer.state.metrics
+    assert math.isfinite(metrics["train_loss"])
+    assert -1.0 <= metrics["train_grad_cos_seg_cls"] <= 1.0
+    # the aggregated map gradient reached the encoder through the cut
+    assert any(not torch.equal(a, b) for a, b in zip(before, encoder, strict=True))
+    assert all(torch.isfinite(p).all() for p in network.parameters())
+
+
+def test_representation_level_refuses_rlar_on_every_encoder_map():
+    network = MultitaskUNet(num_classes=3)
+    with pytest.raises(ValueError, match="latent 'deepest' or 'pooled'"):
+        MultitaskTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=[],
+            network=network,
+            optimizer=torch.optim.AdamW(network.parameters(), 1e-3),
+            loss_function=MultitaskLoss(),
+            gradient_method=build_gradient_method("upgrad", aggregate_at="representation"),
+            regulariser=RLAR(latent="encoder"),
+        )
 
 
 def test_bundle_tracks_gradient_diagnostics_and_checkpoints_learned_weights(tmp_path):

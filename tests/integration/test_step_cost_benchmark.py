@@ -39,3 +39,27 @@ def test_quick_run_writes_ratios_settings_and_machine(tmp_path):
     assert result["machine"]["torch_threads"] == 1
     assert result["rlar_breakdown_seconds"]["final_backward_with_second_order"] > 0
     assert result["errors"] == {}
+
+
+def test_floors_and_representation_level_methods_are_timed_with_their_phases(tmp_path):
+    benchmark = load_benchmark()
+    names = benchmark.configurations(None)
+    assert {"floor", "floor_representation", "floor_batched", "camegrad_representation"} <= set(
+        names
+    )
+    assert "sum_representation" not in names  # the plain sum takes no task gradients
+    out = tmp_path / "step_cost.json"
+    benchmark.main(["--quick", "--methods", "camegrad", "camegrad_representation", "floor",
+                    "floor_representation", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                    "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert set(result["floor_ratios"]) == {"camegrad", "camegrad_representation"}
+    camegrad = result["breakdown_seconds"]["camegrad"]
+    assert {"task_gradients", "aggregation", "write", "rest_of_step"} <= set(camegrad)
+    assert "representation_backward" in result["breakdown_seconds"]["camegrad_representation"]
+    assert "backward" in result["breakdown_seconds"]["sum"]
+    # the map gradients are far smaller than the encoder's parameter gradients
+    sizes = result["task_gradient_mb"]
+    assert sizes["floor_representation"] < sizes["floor"]
+    assert "camegrad_at_most_1.25x_sum" in result["targets"]
+    assert result["errors"] == {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from thyroid_monai.engine.prepare import MultitaskPrepareBatch
 from thyroid_monai.mtl.alignment import AlignmentMonitor
 from thyroid_monai.mtl.base import GradientMethod, WeightedSum
 from thyroid_monai.mtl.distributed import all_reduce_gradients, is_data_parallel, local_gradients
+from thyroid_monai.mtl.gradients import Representation, RepresentationCut, representation_cut
 from thyroid_monai.mtl.rlar import RLAR
 
 
@@ -144,8 +145,45 @@ class MultitaskTrainer(SupervisedTrainer):
         )
         self.gradient_method = gradient_method or WeightedSum()
         self.regulariser = regulariser
+        if self.gradient_method.needs_representation:
+            self._check_representation(unwrapped, regulariser)
         if regulariser is not None:
             regulariser.prepare(unwrapped)
+
+    def _check_representation(self, network: torch.nn.Module, regulariser: RLAR | None) -> None:
+        """Refuses a representation-level method the network or the regulariser cannot serve."""
+        if not hasattr(network, "representation_module"):
+            raise ValueError(
+                f"{self.gradient_method!r} aggregates at the representation, but "
+                f"{type(network).__name__} does not declare representation_module()"
+            )
+        if regulariser is not None and regulariser.latent == "encoder":
+            # the cut hands the heads detached maps: RLAR would see each map's own gradient,
+            # not the gradient through the deeper maps
+            raise ValueError(
+                "RLAR latent='encoder' compares gradients at every encoder map, which the "
+                "representation-level gradient method cuts; use latent 'deepest' or 'pooled'"
+            )
+
+    def _representation_cut(self) -> AbstractContextManager[RepresentationCut | None]:
+        """Cuts the graph at the shared encoder when the gradient method aggregates there."""
+        if not self.gradient_method.needs_representation:
+            return nullcontext()
+        module = getattr(self._model(), "representation_module")()  # noqa: B009  (declared)
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"representation_module() returned {type(module).__name__}")
+        return representation_cut(module)
+
+    def _forward(
+        self, engine: SupervisedTrainer, inputs: torch.Tensor, guide: torch.Tensor | None
+    ) -> tuple[dict[str, Any], Representation | None]:
+        """The network's outputs, and the representation cut if the gradient method needs it."""
+        with self._representation_cut() as cut:
+            if guide is None:
+                outputs = engine.inferer(inputs, engine.network)
+            else:
+                outputs = engine.inferer(inputs, engine.network, guide=guide)
+        return outputs, None if cut is None else cut.get()
 
     def _model(self) -> torch.nn.Module:
         return getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
@@ -192,10 +230,7 @@ class MultitaskTrainer(SupervisedTrainer):
         deferred_sync.enter_context(local_gradients(engine.network))
 
         guide = self.level_guide(engine.state.epoch, targets)
-        if guide is None:
-            outputs = engine.inferer(inputs, engine.network)
-        else:
-            outputs = engine.inferer(inputs, engine.network, guide=guide)
+        outputs, representation = self._forward(engine, inputs, guide)
         engine.state.output[Keys.PRED] = outputs.get(keys.SEG)
         if keys.CLS in outputs:
             engine.state.output[keys.PRED_CLS] = outputs[keys.CLS]
@@ -214,12 +249,15 @@ class MultitaskTrainer(SupervisedTrainer):
             objective, regularisation = self.regulariser(
                 losses, outputs, epoch=engine.state.epoch, iteration=engine.state.iteration
             )
+        # only a method that asked for the cut receives it (methods written before it existed)
+        cut = {} if representation is None else {"representation": representation}
         diagnostics = method.backward(
             objective,
             shared_params=self.shared_params(),
             task_params=self.task_params(),
             latent=outputs.get(keys.LATENT),
             epoch=engine.state.epoch,
+            **cut,
         )
         deferred_sync.close()
         if is_data_parallel(engine.network):

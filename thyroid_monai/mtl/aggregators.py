@@ -1,10 +1,14 @@
 """The standard conflict-aware aggregators, through the ``torchjd`` library.
 
-Each class builds one torchjd aggregator and applies it to the ``[tasks, params]`` matrix that
-:class:`~thyroid_monai.mtl.base.GradientAggregator` computed; nothing of the aggregation itself is
-written here. The task weights scale each task's gradient row before aggregation (they weight the
-losses). torchjd and its solvers (cvxpy, clarabel, ecos, qpsolvers, quadprog) come with the
-``mtl`` extra: ``pip install 'thyroid-monai[mtl]'``.
+Each class builds one torchjd aggregator and applies its weighting to the Gram matrix of the task
+gradients that :class:`~thyroid_monai.mtl.base.GradientAggregator` computed; nothing of the
+aggregation itself is written here. Every aggregator used here is a torchjd ``WeightedAggregator``
+(the direction is ``weights @ matrix``): the Gramian-weighted ones read ``G G^T`` by definition,
+and Nash-MTL's weighting reads the matrix only through ``G G^T`` and ``||weights @ G||`` (torchjd
+0.18), so it is handed a ``[tasks, tasks]`` factor ``F`` with ``F F^T = G G^T``: no step builds
+the ``[tasks, params]`` matrix. The task weights scale each task's gradient row before
+aggregation (they weight the losses). torchjd and its solvers (cvxpy, clarabel, ecos, qpsolvers,
+quadprog) come with the ``mtl`` extra: ``pip install 'thyroid-monai[mtl]'``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from thyroid_monai.mtl.base import Combination, GradientAggregator, ParameterSet
+from thyroid_monai.mtl.base import (
+    AggregateAt,
+    Coefficients,
+    Combination,
+    GradientAggregator,
+    ParameterSet,
+)
 
 if TYPE_CHECKING:
     from torchjd.aggregation import Aggregator
@@ -49,14 +59,19 @@ class TorchJDMethod(GradientAggregator):
     Args:
         task_weights: Scale each task's gradient before aggregation (1 when absent).
         parameters: ``"shared"`` (default) or ``"all"``, see :class:`GradientAggregator`.
+        aggregate_at: ``"parameters"`` (default) or ``"representation"``, see
+            :class:`GradientAggregator`.
     """
 
     requires: ClassVar[tuple[str, ...]] = ("torchjd",)
 
     def __init__(
-        self, task_weights: Mapping[str, float] | None = None, parameters: ParameterSet = "shared"
+        self,
+        task_weights: Mapping[str, float] | None = None,
+        parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         require_modules(type(self).__name__, self.requires)
         self._aggregator: Aggregator | None = None
         self._tasks = 0
@@ -71,23 +86,43 @@ class TorchJDMethod(GradientAggregator):
             self._aggregator, self._tasks = self.build_aggregator(tasks), tasks
         return self._aggregator
 
-    def weighting_input(self, matrix: torch.Tensor) -> torch.Tensor:
-        """What a weighted aggregator's weighting reads (the weighted rows as they are)."""
-        return matrix
+    def gramian_input(self, gram: torch.Tensor) -> torch.Tensor:
+        """What the weighting reads: the Gram matrix of the weighted rows, as it is."""
+        return gram
+
+    def coefficients(self, gram: torch.Tensor, weights: torch.Tensor, epoch: int) -> Coefficients:
+        """The torchjd weighting on the Gram matrix of the weighted rows ``w_t g_t``.
+
+        Raises:
+            NotImplementedError: For an aggregator that is not a torchjd ``WeightedAggregator``.
+        """
+        from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
+
+        aggregator = self.aggregator(gram.shape[0])
+        weighted = self.gramian_input(weights[:, None] * gram * weights[None, :])
+        if isinstance(aggregator, GramianWeightedAggregator):
+            aggregation_weights = aggregator.gramian_weighting(weighted)
+        elif isinstance(aggregator, WeightedAggregator):
+            aggregation_weights = aggregator.weighting(gram_factor(weighted))
+        else:
+            raise NotImplementedError(f"{type(aggregator).__name__} is not a weighted aggregator")
+        # torchjd's weights combine the weighted rows: as coefficients of the rows, times w_t
+        return Coefficients(aggregation_weights.to(device=gram.device, dtype=gram.dtype) * weights)
 
     def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
-        """Applies the torchjd aggregator to the weighted gradient rows."""
+        """Through :meth:`coefficients`; an unweighted aggregator reads the weighted rows."""
         from torchjd.aggregation import WeightedAggregator
 
-        matrix = weights[:, None] * grads
         aggregator = self.aggregator(grads.shape[0])
         if isinstance(aggregator, WeightedAggregator):
-            # WeightedAggregator.forward is exactly these two lines; calling them apart exposes
-            # the weights for the diagnostics.
-            aggregation_weights = aggregator.weighting(self.weighting_input(matrix))
-            aggregation_weights = aggregation_weights.to(grads.dtype)  # on grads' device
-            return Combination(aggregation_weights @ matrix, aggregation_weights * weights)
-        return Combination(aggregator(matrix))
+            return super().combine(grads, weights, epoch)
+        return Combination(aggregator(weights[:, None] * grads))
+
+
+def gram_factor(gram: torch.Tensor) -> torch.Tensor:
+    """A ``[tasks, tasks]`` matrix ``F`` with ``F F^T = gram`` (negative round-off clamped)."""
+    values, vectors = torch.linalg.eigh(gram.to(torch.float64))
+    return (vectors * values.clamp_min(0).sqrt()).to(gram.dtype)
 
 
 class PCGrad(TorchJDMethod):
@@ -117,7 +152,7 @@ class CAGrad(TorchJDMethod):
     Args:
         c: Ball radius relative to the norm of the mean gradient.
         norm_eps: Relative threshold under which the step is zero (see above).
-        task_weights, parameters: See :class:`TorchJDMethod`.
+        task_weights, parameters, aggregate_at: See :class:`TorchJDMethod`.
     """
 
     name = "cagrad"
@@ -129,8 +164,9 @@ class CAGrad(TorchJDMethod):
         c: float = 0.5,
         norm_eps: float = 1e-4,
         parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         if c < 0 or norm_eps < 0:
             raise ValueError(f"c and norm_eps must be non-negative, got {c}, {norm_eps}")
         self.c, self.norm_eps = float(c), float(norm_eps)
@@ -141,10 +177,10 @@ class CAGrad(TorchJDMethod):
 
         return aggregation.CAGrad(c=self.c, norm_eps=self.norm_eps)
 
-    def weighting_input(self, matrix: torch.Tensor) -> torch.Tensor:
-        """The rows divided by their Frobenius norm (all-zero rows as they are)."""
-        scale = matrix.norm()
-        return matrix / scale if float(scale) > 0.0 else matrix
+    def gramian_input(self, gram: torch.Tensor) -> torch.Tensor:
+        """The Gram matrix of the rows divided by their Frobenius norm (divided by its trace)."""
+        trace = gram.trace()
+        return gram / trace if float(trace) > 0.0 else gram
 
     def _describe(self) -> dict[str, Any]:
         return {**super()._describe(), "c": self.c, "norm_eps": self.norm_eps}
@@ -156,7 +192,7 @@ class MGDA(TorchJDMethod):
     Args:
         epsilon: Frank-Wolfe stopping tolerance.
         max_iters: Frank-Wolfe iterations.
-        task_weights, parameters: See :class:`TorchJDMethod`.
+        task_weights, parameters, aggregate_at: See :class:`TorchJDMethod`.
     """
 
     name = "mgda"
@@ -167,8 +203,9 @@ class MGDA(TorchJDMethod):
         epsilon: float = 1e-3,
         max_iters: int = 100,
         parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         if epsilon <= 0 or max_iters < 1:
             raise ValueError(f"need epsilon > 0 and max_iters >= 1, got {epsilon}, {max_iters}")
         self.epsilon, self.max_iters = float(epsilon), int(max_iters)
@@ -194,7 +231,7 @@ class NashMTL(TorchJDMethod):
         max_norm: Clip the aggregated gradient to this norm (0 disables).
         update_weights_every: Solve for new weights every this many steps.
         optim_niter: Iterations of the inner convex-concave procedure.
-        task_weights, parameters: See :class:`TorchJDMethod`.
+        task_weights, parameters, aggregate_at: See :class:`TorchJDMethod`.
     """
 
     name = "nash_mtl"
@@ -207,8 +244,9 @@ class NashMTL(TorchJDMethod):
         update_weights_every: int = 1,
         optim_niter: int = 20,
         parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         if max_norm < 0 or update_weights_every < 1 or optim_niter < 1:
             raise ValueError(
                 "need max_norm >= 0, update_weights_every >= 1, optim_niter >= 1, got "
@@ -254,7 +292,7 @@ class AlignedMTL(TorchJDMethod):
 
     Args:
         scale_mode: Eigenvalue used for scaling: ``"min"``, ``"median"`` or ``"rmse"``.
-        task_weights, parameters: See :class:`TorchJDMethod`.
+        task_weights, parameters, aggregate_at: See :class:`TorchJDMethod`.
     """
 
     name = "aligned_mtl"
@@ -264,8 +302,9 @@ class AlignedMTL(TorchJDMethod):
         task_weights: Mapping[str, float] | None = None,
         scale_mode: Literal["min", "median", "rmse"] = "min",
         parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         if scale_mode not in ("min", "median", "rmse"):
             raise ValueError(f"scale_mode must be min, median or rmse, got {scale_mode!r}")
         self.scale_mode: Literal["min", "median", "rmse"] = scale_mode

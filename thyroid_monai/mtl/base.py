@@ -10,9 +10,24 @@ Two kinds of method share the interface:
 * loss weighting (:class:`WeightedSum`, uncertainty weighting): one backward pass of a weighted
   sum of the losses;
 * gradient aggregation (:class:`GradientAggregator`: CAME-Grad, GradNorm, the torchjd methods):
-  the per-task gradients are computed first (:func:`task_gradients`, a ``[tasks, params]``
-  matrix), then combined into one vector by a function of that matrix alone (:meth:`combine`),
-  which is why every aggregator can be tested without a network.
+  the per-task gradients are computed first, by the one engine every method uses
+  (:func:`~thyroid_monai.mtl.gradients.task_gradients`), then combined into one direction by a
+  function of the ``[tasks, params]`` matrix alone (:meth:`GradientAggregator.combine`), which is
+  why every aggregator can be tested without a network. Every method here is a combination
+  ``c @ G`` whose coefficients depend on the matrix through its Gram matrix ``G G^T`` only
+  (:meth:`GradientAggregator.coefficients`): the training step computes the Gram matrix from the
+  per-task gradients as autograd returns them and never builds the matrix itself.
+
+Where the gradients are aggregated (``aggregate_at``, every aggregator): ``"parameters"`` (the
+shared parameters, the methods as published) or ``"representation"`` (the shared encoder's
+output maps, as LibMTL's ``rep_grad`` and MGDA-UB). At the representation the task gradients are
+``dL_t/dz`` for the encoder maps ``z``; the aggregated ``d = sum_t c_t dL_t/dz`` (or the
+aggregator's direction) goes through the encoder in one backward pass, so the encoder receives
+``J^T d`` with ``J = dz/dtheta``. The approximation: the coefficients ``c`` are computed from the
+Gram matrix of the map gradients instead of that of the parameter gradients ``J^T dL_t/dz``
+(they agree when ``J^T J`` is a multiple of the identity on the span of the map gradients), and
+the diagnostics (cosines, norms) describe the map gradients. The cost is one backward through
+the heads per task and one through the encoder, about the plain step's.
 """
 
 from __future__ import annotations
@@ -27,9 +42,18 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from thyroid_monai.mtl.diagnostics import gradient_diagnostics
+from thyroid_monai.mtl.gradients import (
+    PhaseTimer,
+    Representation,
+    TaskGradients,
+    task_gradients,
+    timed_phase,
+)
 
 ParameterSet = Literal["shared", "all"]
 PARAMETER_SETS: tuple[str, ...] = ("shared", "all")
+AggregateAt = Literal["parameters", "representation"]
+AGGREGATE_AT: tuple[str, ...] = ("parameters", "representation")
 
 
 def option_names(method: type) -> list[str]:
@@ -59,6 +83,13 @@ class GradientMethod(ABC):
         if negative:
             raise ValueError(f"task weights must be non-negative, got {negative}")
         self.task_weights = weights
+        # Set by benchmarks/step_cost.py to time the phases of backward; None in training.
+        self.timer: PhaseTimer | None = None
+
+    @property
+    def needs_representation(self) -> bool:
+        """Whether the trainer must cut the graph at the shared encoder for this method."""
+        return False
 
     def weight(self, task: str) -> float:
         """Weight of ``task`` in the joint objective."""
@@ -77,6 +108,7 @@ class GradientMethod(ABC):
         task_params: Mapping[str, Sequence[torch.Tensor]] | None = None,
         latent: torch.Tensor | None = None,
         epoch: int = 0,
+        representation: Representation | None = None,
     ) -> dict[str, float]:
         """Writes ``.grad`` of the parameters from the task losses.
 
@@ -87,6 +119,8 @@ class GradientMethod(ABC):
             task_params: Parameters specific to each task (heads, decoder), when known.
             latent: The shared latent tensor, for methods that work on representations.
             epoch: Current epoch (1-based), for methods with schedules.
+            representation: The graph cut at the shared encoder, when
+                :attr:`needs_representation` (see :func:`~thyroid_monai.mtl.representation_cut`).
 
         Returns:
             Diagnostics as plain floats (task weights, cosines, norms...).
@@ -129,105 +163,6 @@ class GradientMethod(ABC):
         return f"{type(self).__name__}({arguments})"
 
 
-@dataclass(frozen=True)
-class TaskGradients:
-    """Per-task gradients of one step.
-
-    Attributes:
-        tasks: Task names, in the row order of ``matrix``.
-        matrix: ``[tasks, params]`` gradients of the unweighted task losses over the aggregated
-            parameters, flattened in float32 (or wider, if the parameters are).
-        params: The aggregated parameters, in the column order of ``matrix``.
-        rest: Gradient of the joint objective for every other parameter the tasks reach.
-    """
-
-    tasks: tuple[str, ...]
-    matrix: torch.Tensor
-    params: tuple[torch.Tensor, ...]
-    rest: dict[torch.Tensor, torch.Tensor]
-
-
-def plain_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The losses as plain tensors, still in the graph.
-
-    Losses computed from MONAI ``MetaTensor`` batches are MetaTensors, and so would be their
-    gradients, whose batch metadata breaks flattening and slicing.
-    """
-    return {task: loss.as_subclass(torch.Tensor) for task, loss in losses.items()}
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32, or the parameters' own type when it is wider: half-precision sums lose conflicts."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def task_gradients(
-    losses: Mapping[str, torch.Tensor],
-    params: Sequence[torch.Tensor],
-    *,
-    other_params: Sequence[torch.Tensor] = (),
-    weights: Mapping[str, float] | None = None,
-) -> TaskGradients:
-    """Computes each task's gradient, one backward pass per task, without writing ``.grad``.
-
-    Args:
-        losses: Scalar loss per task (attached to one graph).
-        params: Parameters whose per-task gradients form the matrix.
-        other_params: Further parameters (task heads): they receive the gradient of the joint
-            objective ``sum_t w_t L_t``, accumulated from the same backward passes.
-        weights: Task weights of the joint objective (1 when absent).
-
-    Returns:
-        The gradient matrix; a parameter a task does not reach contributes zeros.
-
-    Raises:
-        ValueError: Without losses or parameters, or for a loss that is not a finite scalar.
-    """
-    if not losses:
-        raise ValueError("no task losses to differentiate")
-    if not params:
-        raise ValueError("no parameters to differentiate the task losses by")
-    for task, loss in losses.items():
-        if loss.dim() != 0:
-            raise ValueError(
-                f"loss of task {task!r} must be a scalar, got shape {tuple(loss.shape)}"
-            )
-    losses = plain_losses(losses)
-    tasks = tuple(losses)
-    inputs = [*params, *other_params]
-    sizes = [p.numel() for p in params]
-    # Filled row by row in place: one copy of each gradient, no concatenation or stacking.
-    matrix = torch.empty(
-        len(tasks), sum(sizes), dtype=accumulation_dtype(params[0].dtype), device=params[0].device
-    )
-    rest: dict[torch.Tensor, torch.Tensor] = {}
-    for index, task in enumerate(tasks):
-        grads = torch.autograd.grad(
-            losses[task], inputs, retain_graph=index < len(tasks) - 1, allow_unused=True
-        )
-        for piece, g in zip(matrix[index].split(sizes), grads[: len(params)], strict=True):
-            if g is None:
-                piece.zero_()
-            else:
-                piece.copy_(g.reshape(-1))
-        weight = 1.0 if weights is None else float(weights.get(task, 1.0))
-        for p, g in zip(other_params, grads[len(params) :], strict=True):
-            if g is not None:
-                rest[p] = weight * g if p not in rest else rest[p] + weight * g
-    return TaskGradients(tasks, matrix, tuple(params), rest)
-
-
-def write_gradient(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
-    """Adds a flat gradient vector to the ``.grad`` of ``params`` (in their order and dtype)."""
-    total = sum(p.numel() for p in params)
-    if total != vector.numel():
-        raise ValueError(f"gradient vector has {vector.numel()} entries, parameters {total}")
-    # The pieces are views of ``vector``, which nothing else holds: no copy is needed.
-    for p, piece in zip(params, vector.split([p.numel() for p in params]), strict=True):
-        grad = piece.view_as(p).to(p.dtype)
-        p.grad = grad if p.grad is None else p.grad + grad
-
-
 def _unique(params: Sequence[torch.Tensor], exclude: set[int] | None = None) -> list[torch.Tensor]:
     seen = set(exclude or ())
     unique = []
@@ -236,6 +171,11 @@ def _unique(params: Sequence[torch.Tensor], exclude: set[int] | None = None) -> 
             seen.add(id(p))
             unique.append(p)
     return unique
+
+
+def _accumulates(p: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether a gradient of ``dtype`` can be added to ``p.grad`` in place."""
+    return p.grad is not None and p.grad.dtype == dtype and p.grad.shape == p.shape
 
 
 def _check_finite(
@@ -270,12 +210,26 @@ class Combination:
     gram: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Coefficients:
+    """An aggregator's direction as a combination ``values @ G`` of the task gradients.
+
+    Attributes:
+        values: One coefficient per task (the effective task weights).
+        diagnostics: Further method-specific floats.
+    """
+
+    values: torch.Tensor
+    diagnostics: Mapping[str, float] | None = None
+
+
 class GradientAggregator(GradientMethod):
     """Computes the per-task gradients, then combines them into one update direction.
 
-    Subclasses implement :meth:`combine`, a function of the ``[tasks, params]`` matrix and the
-    task weights. Diagnostics (gradient norms, pairwise cosines, conflict indicator, effective
-    weights) come from the same matrix at no extra backward pass.
+    Subclasses implement :meth:`coefficients`, a function of the Gram matrix ``G G^T`` and the
+    task weights, or (for a direction that is not such a combination) :meth:`combine`, a function
+    of the ``[tasks, params]`` matrix. Diagnostics (gradient norms, pairwise cosines, conflict
+    indicator, effective weights) come from the Gram matrix at no extra backward pass.
 
     Args:
         task_weights: See :class:`GradientMethod`.
@@ -283,25 +237,56 @@ class GradientAggregator(GradientMethod):
             parameters get the gradient of the joint objective, as in CAGrad and torchjd's
             ``mtl_backward``); ``"all"`` aggregates over shared and task-specific parameters
             flattened together (a task's gradient is zero on another task's head).
+        aggregate_at: ``"parameters"`` or ``"representation"`` (the shared encoder's output maps
+            replace the encoder's parameters among the aggregated tensors; see the module
+            docstring for the approximation).
     """
 
     def __init__(
-        self, task_weights: Mapping[str, float] | None = None, parameters: ParameterSet = "shared"
+        self,
+        task_weights: Mapping[str, float] | None = None,
+        parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
         super().__init__(task_weights)
         if parameters not in PARAMETER_SETS:
             raise ValueError(f"parameters must be one of {PARAMETER_SETS}, got {parameters!r}")
+        if aggregate_at not in AGGREGATE_AT:
+            raise ValueError(f"aggregate_at must be one of {AGGREGATE_AT}, got {aggregate_at!r}")
         self.parameters: ParameterSet = parameters
+        self.aggregate_at: AggregateAt = aggregate_at
 
-    @abstractmethod
+    @property
+    def needs_representation(self) -> bool:
+        """True when aggregating at the representation."""
+        return self.aggregate_at == "representation"
+
+    def coefficients(self, gram: torch.Tensor, weights: torch.Tensor, epoch: int) -> Coefficients:
+        """The direction's coefficients from the Gram matrix of the task gradients.
+
+        Args:
+            gram: ``[tasks, tasks]`` Gram matrix of the unweighted task gradients.
+            weights: Task weights of the joint objective, one per row.
+            epoch: Current epoch (1-based).
+
+        Raises:
+            NotImplementedError: For a method whose direction is not such a combination (it
+                implements :meth:`combine` instead).
+        """
+        raise NotImplementedError(f"{type(self).__name__} combines the gradient matrix itself")
+
     def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
-        """Combines the per-task gradients.
+        """Combines the per-task gradients (``coefficients @ grads`` unless overridden).
 
         Args:
             grads: ``[tasks, params]`` gradients of the unweighted task losses.
             weights: Task weights of the joint objective, one per row.
             epoch: Current epoch (1-based).
         """
+        gram = grads @ grads.T
+        found = self.coefficients(gram, weights, epoch)
+        values = found.values.to(device=grads.device, dtype=grads.dtype)
+        return Combination(values @ grads, values, found.diagnostics, gram)
 
     def head_weights(self, tasks: tuple[str, ...]) -> Mapping[str, float]:
         """Task weights of the gradient the non-aggregated parameters get: the joint objective's."""
@@ -315,46 +300,123 @@ class GradientAggregator(GradientMethod):
         task_params: Mapping[str, Sequence[torch.Tensor]] | None = None,
         latent: torch.Tensor | None = None,
         epoch: int = 0,
+        representation: Representation | None = None,
     ) -> dict[str, float]:
-        """Per-task backward passes, :meth:`combine`, then ``.grad`` and diagnostics.
+        """Task gradients from the engine, the combination, then ``.grad`` and diagnostics.
 
         Without ``task_params`` the heads are unknown: the joint objective is back-propagated once
         more for them and the aggregated gradient then replaces that of the shared parameters.
         """
+        aggregated, others = self._columns(shared_params, task_params, representation)
+        if task_params is None:
+            self.joint_loss(losses).backward(retain_graph=True)
+            for p in aggregated:
+                p.grad = None
+        with timed_phase(self.timer, "task_gradients"):
+            gradients = task_gradients(
+                losses, aggregated, other_params=others, weights=self.head_weights(tuple(losses))
+            )
+        if self.timer is not None:
+            self.timer.task_gradient_bytes.append(gradients.nbytes())
+        weights = torch.tensor(
+            [self.weight(task) for task in gradients.tasks],
+            dtype=gradients.dtype,
+            device=gradients.params[0].device,
+        )
+        with timed_phase(self.timer, "aggregation"):
+            gram = gradients.gram()
+            _check_finite(gram, gradients.tasks, losses)
+            combination = self._combination(gradients, gram, weights, epoch)
+        with timed_phase(self.timer, "write"):
+            leaf_grads = self._write(gradients, combination, representation)
+        if representation is not None and leaf_grads:
+            with timed_phase(self.timer, "representation_backward"):
+                representation.backward(leaf_grads)
+        with timed_phase(self.timer, "diagnostics"):
+            return self._diagnostics(gradients.tasks, gram, weights, combination)
+
+    def _columns(
+        self,
+        shared_params: Sequence[torch.Tensor],
+        task_params: Mapping[str, Sequence[torch.Tensor]] | None,
+        representation: Representation | None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The aggregated tensors and the parameters that get the joint objective's gradient."""
         shared = _unique(shared_params)
         heads = _unique(
             [p for ps in (task_params or {}).values() for p in ps], exclude={id(p) for p in shared}
         )
-        aggregated, others = (shared + heads, []) if self.parameters == "all" else (shared, heads)
-        if task_params is None:
-            self.joint_loss(losses).backward(retain_graph=True)
-            for p in shared:
-                p.grad = None
-        gradients = task_gradients(
-            losses, aggregated, other_params=others, weights=self.head_weights(tuple(losses))
-        )
-        weights = torch.tensor(
-            [self.weight(task) for task in gradients.tasks],
-            dtype=gradients.matrix.dtype,
-            device=gradients.matrix.device,
-        )
-        combination = self.combine(gradients.matrix, weights, epoch)
-        matrix = gradients.matrix
-        gram = matrix @ matrix.T if combination.gram is None else combination.gram
-        _check_finite(gram, gradients.tasks, losses)
-        write_gradient(aggregated, combination.vector)
+        if self.aggregate_at == "representation":
+            if representation is None:
+                raise ValueError(
+                    f"{type(self).__name__} aggregate_at='representation' needs the graph cut at "
+                    "the shared encoder: train with MultitaskTrainer on a network that has "
+                    "representation_module()"
+                )
+            below = {id(p) for p in representation.params}
+            shared = [
+                *representation.leaves,
+                *(p for p in shared if id(p) not in below),
+            ]
+            heads = [p for p in heads if id(p) not in below]
+        return (shared + heads, []) if self.parameters == "all" else (shared, heads)
+
+    def _combination(
+        self, gradients: TaskGradients, gram: torch.Tensor, weights: torch.Tensor, epoch: int
+    ) -> Combination:
+        """The coefficients from the Gram matrix; the matrix's combination only if needed.
+
+        With coefficients, ``vector`` is left empty: :meth:`_write` adds ``c @ G`` to ``.grad``
+        directly from the per-task gradients.
+        """
+        try:
+            found = self.coefficients(gram, weights, epoch)
+        except NotImplementedError:
+            return self.combine(gradients.matrix, weights, epoch)
+        values = found.values.to(device=gram.device, dtype=gram.dtype)
+        return Combination(gram.new_empty(0), values, found.diagnostics, gram)
+
+    def _write(
+        self,
+        gradients: TaskGradients,
+        combination: Combination,
+        representation: Representation | None,
+    ) -> dict[torch.Tensor, torch.Tensor]:
+        """Adds the combination and the heads' gradients to ``.grad``; returns the leaves' part."""
+        leaves = set() if representation is None else {id(t) for t in representation.leaves}
+        if combination.vector.numel() == 0 and combination.coefficients is not None:
+            # c @ G added to the existing .grad in place: no vector, no temporary per column
+            into = [
+                p.grad if id(p) not in leaves and _accumulates(p, gradients.dtype) else None
+                for p in gradients.params
+            ]
+            pieces = gradients.combine(combination.coefficients, into=into)
+        else:
+            into = [None] * len(gradients.params)
+            pieces = gradients.split(combination.vector)
+        leaf_grads: dict[torch.Tensor, torch.Tensor] = {}
+        for p, g, target in zip(gradients.params, pieces, into, strict=True):
+            if id(p) in leaves:
+                leaf_grads[p] = g.to(p.dtype)
+            elif target is None:
+                grad = g.view_as(p).to(p.dtype)
+                p.grad = grad if p.grad is None else p.grad + grad
         for p, g in gradients.rest.items():
-            p.grad = g if p.grad is None else p.grad + g
-        return self._diagnostics(gradients, gram, weights, combination)
+            if _accumulates(p, g.dtype):
+                assert p.grad is not None
+                p.grad.add_(g)
+            else:
+                p.grad = g if p.grad is None else p.grad + g
+        return leaf_grads
 
     def _diagnostics(
         self,
-        gradients: TaskGradients,
+        tasks: tuple[str, ...],
         gram: torch.Tensor,
         weights: torch.Tensor,
         combination: Combination,
     ) -> dict[str, float]:
-        diagnostics = gradient_diagnostics(gram, gradients.tasks)
+        diagnostics = gradient_diagnostics(gram, tasks)
         # Norms of combinations of the rows follow from the Gram matrix: no pass over the params.
         gram64 = gram.detach().to(torch.float64)
         w = weights.to(torch.float64)
@@ -369,13 +431,16 @@ class GradientAggregator(GradientMethod):
             combined_norm / joint_norm if joint_norm > 0 else 0.0
         )
         if combination.coefficients is not None:
-            for task, value in zip(gradients.tasks, combination.coefficients.tolist(), strict=True):
+            for task, value in zip(tasks, combination.coefficients.tolist(), strict=True):
                 diagnostics[f"weight_{task}"] = float(value)
         diagnostics.update(combination.diagnostics or {})
         return diagnostics
 
     def _describe(self) -> dict[str, Any]:
-        return {**super()._describe(), "parameters": self.parameters}
+        described: dict[str, Any] = {**super()._describe(), "parameters": self.parameters}
+        if self.aggregate_at != "parameters":
+            described["aggregate_at"] = self.aggregate_at
+        return described
 
 
 class WeightedSum(GradientAggregator):
@@ -386,6 +451,7 @@ class WeightedSum(GradientAggregator):
         measure_conflict: Compute the per-task gradients to report their cosines and norms (one
             backward pass per task instead of one in all; the update is the same).
         parameters: Where conflict is measured, see :class:`GradientAggregator`.
+        aggregate_at: Where conflict is measured (the update is the same either way).
     """
 
     name = "sum"
@@ -395,13 +461,19 @@ class WeightedSum(GradientAggregator):
         task_weights: Mapping[str, float] | None = None,
         measure_conflict: bool = False,
         parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         self.measure_conflict = measure_conflict
 
-    def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
-        """``sum_t w_t g_t``."""
-        return Combination(weights @ grads, coefficients=weights)
+    @property
+    def needs_representation(self) -> bool:
+        """Only when measuring conflict at the representation."""
+        return self.measure_conflict and super().needs_representation
+
+    def coefficients(self, gram: torch.Tensor, weights: torch.Tensor, epoch: int) -> Coefficients:
+        """The task weights: ``sum_t w_t g_t``."""
+        return Coefficients(weights)
 
     def backward(
         self,
@@ -411,13 +483,19 @@ class WeightedSum(GradientAggregator):
         task_params: Mapping[str, Sequence[torch.Tensor]] | None = None,
         latent: torch.Tensor | None = None,
         epoch: int = 0,
+        representation: Representation | None = None,
     ) -> dict[str, float]:
         """Back-propagates ``sum_t w_t L_t`` once, or per task when measuring conflict."""
         if self.measure_conflict:
             return super().backward(
-                losses, shared_params=shared_params, task_params=task_params, epoch=epoch
+                losses,
+                shared_params=shared_params,
+                task_params=task_params,
+                epoch=epoch,
+                representation=representation,
             )
-        self.joint_loss(losses).backward()
+        with timed_phase(self.timer, "backward"):
+            self.joint_loss(losses).backward()
         return {f"weight_{task}": self.weight(task) for task in losses}
 
     def _describe(self) -> dict[str, Any]:

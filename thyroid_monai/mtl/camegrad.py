@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from thyroid_monai.mtl.base import Combination, GradientAggregator, ParameterSet, accumulation_dtype
+from thyroid_monai.mtl.base import AggregateAt, Coefficients, GradientAggregator, ParameterSet
+from thyroid_monai.mtl.gradients import accumulation_dtype
 
 MeanKind = Literal["unweighted", "weighted"]
 FusionKind = Literal["scaled", "raw"]
@@ -234,6 +235,8 @@ class CameGrad(GradientAggregator):
     * ``parameters``: ``"all"`` trainable parameters flattened together (default, as the paper; a
       head's gradient is zero for the other tasks) or only the ``"shared"`` encoder (CAGrad-style;
       heads then get the joint-objective gradient).
+    * ``aggregate_at``: the encoder's ``"parameters"`` (default, as the paper) or its output maps
+      (``"representation"``, cheaper; see :mod:`thyroid_monai.mtl.base` for the approximation).
     * ``fusion``: ``g'_joint = kappa g_joint`` (``"scaled"``, default, as both audits) or the
       ``"raw"`` ``g_joint``.
     * Dual solver: exact closed form for two tasks; for more, SLSQP (a sequence of small quadratic
@@ -263,6 +266,7 @@ class CameGrad(GradientAggregator):
         mean: ``"unweighted"`` or ``"weighted"``.
         fusion: ``"scaled"`` or ``"raw"``.
         parameters: ``"all"`` or ``"shared"``.
+        aggregate_at: ``"parameters"`` or ``"representation"``.
         eps: Relative threshold of the fallbacks (> 0).
         max_norm: Global-norm clipping of ``g_final`` (0 disables).
         dual_max_iter: SLSQP iterations for more than two tasks.
@@ -284,8 +288,9 @@ class CameGrad(GradientAggregator):
         max_norm: float = 0.0,
         dual_max_iter: int = 100,
         dual_tol: float = 1e-12,
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         checks = {
             "rho >= 0": rho >= 0,
             "kappa > 0": kappa > 0,
@@ -306,10 +311,9 @@ class CameGrad(GradientAggregator):
         self.eps, self.max_norm = float(eps), float(max_norm)
         self.dual_max_iter, self.dual_tol = int(dual_max_iter), float(dual_tol)
 
-    def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
-        """Stages 1-3 on the Gram matrix, then ``g_final = c @ G`` (clipped if configured)."""
-        gram = grads @ grads.T
-        coefficients = came_grad_coefficients(
+    def coefficients(self, gram: torch.Tensor, weights: torch.Tensor, epoch: int) -> Coefficients:
+        """Stages 1-3 on the Gram matrix (``g_final = c @ G``), clipped if configured."""
+        found = came_grad_coefficients(
             gram,
             weights,
             rho=self.rho,
@@ -321,14 +325,16 @@ class CameGrad(GradientAggregator):
             dual_max_iter=self.dual_max_iter,
             dual_tol=self.dual_tol,
         )
-        final = coefficients.final.to(device=grads.device, dtype=grads.dtype)
-        vector = final @ grads
+        final = found.final
         if self.max_norm > 0:
-            norm = float(torch.linalg.vector_norm(vector))
+            # ||c @ G|| from the Gram matrix, in float64 like the coefficients
+            norm = math.sqrt(max(float(final @ gram.to(torch.float64).cpu() @ final), 0.0))
             if norm > self.max_norm:
                 final = final * (self.max_norm / norm)
-                vector = vector * (self.max_norm / norm)
-        return Combination(vector, final, {"came_fallback": float(coefficients.fallback)}, gram)
+        return Coefficients(
+            final.to(device=gram.device, dtype=gram.dtype),
+            {"came_fallback": float(found.fallback)},
+        )
 
     def _describe(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from thyroid_monai.mtl.base import Combination, GradientAggregator, ParameterSet, plain_losses
+from thyroid_monai.mtl.base import AggregateAt, Coefficients, GradientAggregator, ParameterSet
+from thyroid_monai.mtl.gradients import Representation, plain_losses, timed_phase
 
 
 def _task_names(
@@ -57,6 +58,7 @@ class UncertaintyWeighting(GradientAggregator):
         measure_conflict: Compute the per-task gradients (one backward pass per task) to report
             cosines and norms; the update is the same.
         parameters: Where conflict is measured (see :class:`GradientAggregator`).
+        aggregate_at: Where conflict is measured (the update is the same either way).
     """
 
     name = "uncertainty"
@@ -68,8 +70,9 @@ class UncertaintyWeighting(GradientAggregator):
         initial_log_variance: float = 0.0,
         measure_conflict: bool = False,
         parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         self.tasks = _task_names(tasks, task_weights)
         self.initial_log_variance = float(initial_log_variance)
         self.measure_conflict = measure_conflict
@@ -91,10 +94,14 @@ class UncertaintyWeighting(GradientAggregator):
         """Heads follow the uncertainty-weighted objective too."""
         return dict(zip(self.tasks, self.loss_weights().tolist(), strict=True))
 
-    def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
-        """``sum_t exp(-s_t) w_t g_t``."""
-        coefficients = self.loss_weights().to(device=grads.device, dtype=grads.dtype)
-        return Combination(coefficients @ grads, coefficients)
+    @property
+    def needs_representation(self) -> bool:
+        """Only when measuring conflict at the representation."""
+        return self.measure_conflict and super().needs_representation
+
+    def coefficients(self, gram: torch.Tensor, weights: torch.Tensor, epoch: int) -> Coefficients:
+        """``exp(-s_t) w_t``: ``sum_t exp(-s_t) w_t g_t``."""
+        return Coefficients(self.loss_weights().to(device=gram.device, dtype=gram.dtype))
 
     def backward(
         self,
@@ -104,6 +111,7 @@ class UncertaintyWeighting(GradientAggregator):
         task_params: Mapping[str, Sequence[torch.Tensor]] | None = None,
         latent: torch.Tensor | None = None,
         epoch: int = 0,
+        representation: Representation | None = None,
     ) -> dict[str, float]:
         """One backward pass of the weighted objective, or per task when measuring conflict."""
         _check_tasks(self.tasks, losses, type(self).__name__)
@@ -116,7 +124,11 @@ class UncertaintyWeighting(GradientAggregator):
         )
         if self.measure_conflict:
             diagnostics = super().backward(
-                losses, shared_params=shared_params, task_params=task_params, epoch=epoch
+                losses,
+                shared_params=shared_params,
+                task_params=task_params,
+                epoch=epoch,
+                representation=representation,
             )
             # The log variances see the losses as constants: their gradient needs no network pass.
             objective = (torch.exp(-self.log_variance) * fixed * stacked.detach()).sum()
@@ -126,7 +138,8 @@ class UncertaintyWeighting(GradientAggregator):
                 for task, w in zip(self.tasks, self.loss_weights(), strict=True)
             }
             objective = (torch.exp(-self.log_variance) * fixed * stacked).sum()
-        (objective + self.log_variance.sum()).backward()
+        with timed_phase(self.timer, "backward"):
+            (objective + self.log_variance.sum()).backward()
         for task, s in zip(self.tasks, self.log_variance.detach().tolist(), strict=True):
             diagnostics[f"log_variance_{task}"] = float(s)
         return diagnostics
@@ -170,6 +183,8 @@ class GradNorm(GradientAggregator):
         task_weights: See :class:`GradientMethod`.
         alpha: Restoring-force strength (the paper's alpha; 1.5 as in LibMTL).
         parameters: Where the gradient norms are taken.
+        aggregate_at: ``"parameters"``, or ``"representation"``: the norms are those of the
+            gradients with respect to the encoder's output maps (as LibMTL with ``rep_grad``).
     """
 
     name = "gradnorm"
@@ -180,8 +195,9 @@ class GradNorm(GradientAggregator):
         task_weights: Mapping[str, float] | None = None,
         alpha: float = 1.5,
         parameters: ParameterSet = "shared",
+        aggregate_at: AggregateAt = "parameters",
     ):
-        super().__init__(task_weights, parameters)
+        super().__init__(task_weights, parameters, aggregate_at)
         if alpha < 0:
             raise ValueError(f"alpha must be non-negative, got {alpha}")
         self.tasks = _task_names(tasks, task_weights)
@@ -210,22 +226,30 @@ class GradNorm(GradientAggregator):
         task_params: Mapping[str, Sequence[torch.Tensor]] | None = None,
         latent: torch.Tensor | None = None,
         epoch: int = 0,
+        representation: Representation | None = None,
     ) -> dict[str, float]:
-        """Records the loss values for :meth:`combine`, then aggregates."""
+        """Records the loss values for :meth:`coefficients`, then aggregates."""
         _check_tasks(self.tasks, losses, type(self).__name__)
         values = torch.stack([losses[task].detach() for task in self.tasks]).float()
         self._losses = values.to(self.logits.device)
         if self.initial_losses is None:
             self.initial_losses = self._losses.clone()
         return super().backward(
-            losses, shared_params=shared_params, task_params=task_params, epoch=epoch
+            losses,
+            shared_params=shared_params,
+            task_params=task_params,
+            epoch=epoch,
+            representation=representation,
         )
 
-    def combine(self, grads: torch.Tensor, weights: torch.Tensor, epoch: int) -> Combination:
-        """``sum_t w_t g_t`` with the current weights; writes the logits' GradNorm gradient."""
+    def coefficients(self, gram: torch.Tensor, weights: torch.Tensor, epoch: int) -> Coefficients:
+        """The current weights (``sum_t w_t g_t``); writes the logits' GradNorm gradient.
+
+        The gradient norms are the square roots of the Gram matrix's diagonal.
+        """
         if self._losses is None or self.initial_losses is None:
-            raise RuntimeError("GradNorm.combine needs the losses: call backward")
-        norms = torch.linalg.vector_norm(grads.detach(), dim=1).to(self.logits.device).float()
+            raise RuntimeError("GradNorm needs the losses: call backward")
+        norms = gram.detach().diagonal().clamp_min(0).sqrt().to(self.logits.device).float()
         ratios = self._losses / self.initial_losses.clamp_min(torch.finfo(torch.float32).tiny)
         inverse_rate = ratios / ratios.mean().clamp_min(torch.finfo(torch.float32).tiny)
         balanced = len(self.tasks) * torch.softmax(self.logits, dim=0)
@@ -236,9 +260,9 @@ class GradNorm(GradientAggregator):
         self.logits.grad = (
             logits_grad if self.logits.grad is None else self.logits.grad + logits_grad
         )
-        coefficients = balanced.detach().to(device=grads.device, dtype=grads.dtype)
-        return Combination(
-            coefficients @ grads, coefficients, {"gradnorm_loss": float(gradnorm_loss.detach())}
+        return Coefficients(
+            balanced.detach().to(device=gram.device, dtype=gram.dtype),
+            {"gradnorm_loss": float(gradnorm_loss.detach())},
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -407,6 +407,13 @@ class MultitaskUNet(nn.Module):
             params[readers[0]] = [*self.embedding.parameters(), *params[readers[0]]]
         return params
 
+    def representation_module(self) -> nn.Module:
+        """The shared encoder, whose output maps are the representation every head reads.
+
+        Gradient methods that aggregate at the representation cut the graph at its outputs.
+        """
+        return self.unet.encoder
+
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Encoder feature maps, shallow to deep (five for ResNets: the stem and four stages)."""
         return list(self.unet.encoder(image))

@@ -42,7 +42,8 @@ def test_a_batch_of_four_equals_four_batches_of_one(latent, level_pooling):
     for i in range(4):
         alone = cosines_of(net, rlar, [f[i : i + 1] for f in features],
                            {task: t[i : i + 1] for task, t in targets.items()})  # fmt: skip
-        torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-4, atol=1e-5)
+        # float summation order differs between batch sizes; mixing samples moves cosines by 1e-2
+        torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-3, atol=1e-3)
 
 
 def test_the_encoder_latent_is_refused_when_the_encoder_mixes_samples():
