@@ -254,6 +254,16 @@ class RunRecord:
     datalist: str | Path
     fold: int = 0
 
+    @classmethod
+    def from_config(cls, parser: Any) -> RunRecord:
+        """The record of a bundle config (a ``ConfigParser`` or ``ConfigWorkflow.parser``)."""
+        values = {
+            name: parser.get_parsed_content(name)
+            for name in ("tasks", "gradient_method", "rlar", "backbone", "image_size",
+                         "tirads_scheme", "label_grouping", "reader_mode", "datalist", "fold")
+        }  # fmt: skip
+        return cls(**values)
+
     def method(self) -> str:
         """The gradient method's registry name, ``+rlar`` when RLAR is on."""
         name = str(self.gradient_method.tracking_params()["name"])
