@@ -7,10 +7,10 @@ A registered version is a ``python_function`` model logged *from code*
 * ``config``: the run's merged bundle config, from which the network is rebuilt exactly as
   ``thyroid-monai infer`` rebuilds a run folder's (:func:`~thyroid_monai.inference.load_model`).
 
-Nothing is unpickled when the model loads. What loading trusts is the code that comes with the
-model: this package's source (``code/thyroid_monai``), the model file, and the config's ``$``
-expressions and ``_target_`` classes, which MONAI evaluates to build the network (README, "Serving
-the champion"). Predictions go through the inference pipeline's
+No Python object is unpickled when the model loads. What loading trusts is the code that comes
+with the model: this package's source (``code/thyroid_monai``), the model file, and the config's
+``$`` expressions and ``_target_`` classes, which MONAI evaluates to build the network (README,
+"Serving the champion"). Predictions go through the inference pipeline's
 :func:`~thyroid_monai.inference.pipeline.predict_report`, so a served answer is the report
 ``thyroid-monai infer`` writes for the same pixels.
 
