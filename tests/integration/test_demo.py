@@ -39,6 +39,14 @@ def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path
     for metric in ("val_mean_dice", "val_accuracy", "train_loss_seg", "train_loss_cls"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2]
     assert "test_mean_dice" in run.data.metrics
+    # what the run is: its data (the test split the demo scored, too), tags and description
+    contexts = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                for i in run.inputs.dataset_inputs}  # fmt: skip
+    assert set(contexts) == {"training", "validation", "testing"}
+    assert json.loads(contexts["testing"].profile)["items"] == datalist["numTest"]
+    assert (run.data.tags["data_source"], run.data.tags["method"]) == ("dicom", "sum")
+    assert run.data.tags["mlflow.note.content"].startswith("Training of seg,cls with sum")
+    assert "system/cpu_utilization_percentage" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "model.pt" in artifacts
     assert any(path.startswith("config_") for path in artifacts)

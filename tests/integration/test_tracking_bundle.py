@@ -144,6 +144,10 @@ def test_a_tracked_runs_record_evaluates_with_tracking_from_any_folder(dataset, 
         [mlflow.MlflowClient(store).get_experiment_by_name(NAME).experiment_id]
     )
     assert len(runs) == 2  # the training and the evaluation, one handler each
+    evaluation = next(r for r in runs if r.data.tags["mlflow.note.content"].startswith("Eval"))
+    (tested,) = evaluation.inputs.dataset_inputs  # the held-out split it scored
+    assert {t.key: t.value for t in tested.tags}["mlflow.data.context"] == "testing"
+    assert evaluation.data.tags["method"] == "sum"
 
 
 def test_a_runs_data_tags_and_description_read_back(dataset, tmp_path):
