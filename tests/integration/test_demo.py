@@ -9,7 +9,9 @@ from thyroid_monai.workflows import sqlite_uri, tracking_store
 
 
 def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path, capfd,
-                                                                      assert_no_phi):  # fmt: skip
+                                                                      assert_no_phi,
+                                                                      monkeypatch):  # fmt: skip
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a run of seconds
     run_dir = tmp_path / "demo"
     code = main(["demo", "--out", str(run_dir), "--n", "24", "--epochs", "2",
                  "--image-size", "64", "--batch-size", "4", "--workers", "1"])  # fmt: skip
