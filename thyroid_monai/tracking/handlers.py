@@ -35,12 +35,11 @@ checkpoint when training completes (:class:`~thyroid_monai.tracking.registry.Mod
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,7 +68,7 @@ from thyroid_monai.tracking.offline import (
     local_store_uri,
     server_answers,
 )
-from thyroid_monai.tracking.registry import ModelRegistration
+from thyroid_monai.tracking.registry import ModelRegistration, quieter
 from thyroid_monai.tracking.sync import sync_offline_store
 
 logger = logging.getLogger(__name__)
@@ -78,18 +77,6 @@ RUNNING = "RUNNING"
 # Retry settings applied when the user has not chosen their own (MLflow's defaults retry for
 # minutes on every call).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-@contextlib.contextmanager
-def _quieter(logger_name: str) -> Iterator[None]:
-    """Shows only warnings and errors of one logger while the block runs."""
-    chosen = logging.getLogger(logger_name)
-    level = chosen.level
-    chosen.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        chosen.setLevel(level)
 
 
 class ResilientMLFlowHandler(MLFlowHandler):
@@ -321,7 +308,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
         if self.cur_run is None or self._monitor is not None:
             return
         # MLflow announces the monitor's start, stop and the absence of a GPU at INFO level.
-        with _quieter("mlflow.system_metrics"):
+        with quieter("mlflow.system_metrics"):
             self._monitor = SystemMetricsMonitor(
                 self.cur_run.info.run_id,
                 resume_logging=self._joined,
@@ -332,7 +319,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
     def _stop_system_metrics(self) -> None:
         if self._monitor is None:
             return
-        with _quieter("mlflow.system_metrics"):
+        with quieter("mlflow.system_metrics"):
             self._monitor.finish()
         self._monitor = None
 

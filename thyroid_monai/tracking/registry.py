@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # thyroid_monai/, logged as the model's code
 
 
@@ -99,6 +100,30 @@ def _tracking_uri(uri: str | None) -> Iterator[None]:
             os.environ.pop(TRACKING_URI_VARIABLE, None)
         else:
             os.environ[TRACKING_URI_VARIABLE] = variable
+
+
+@contextlib.contextmanager
+def quieter(logger_name: str) -> Iterator[None]:
+    """Shows only warnings and errors of one logger while the block runs."""
+    chosen = logging.getLogger(logger_name)
+    level = chosen.level
+    chosen.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        chosen.setLevel(level)
+
+
+@contextlib.contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """No artifact download bars while MLflow checks the request example (unless chosen)."""
+    chosen = os.environ.get(PROGRESS_BAR_VARIABLE)
+    os.environ[PROGRESS_BAR_VARIABLE] = chosen or "false"
+    try:
+        yield
+    finally:
+        if chosen is None:
+            os.environ.pop(PROGRESS_BAR_VARIABLE, None)
 
 
 def _requirements() -> list[str]:
@@ -220,7 +245,13 @@ def _log_and_register(
         # tensors only: the served model loads them with weights_only=True
         state = {k: v.detach().cpu() for k, v in _unwrapped(model).state_dict().items()}
         torch.save(state, weights)
-        with _tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        # MLflow validates the request example by loading the model and announces it (INFO)
+        with (
+            _tracking_uri(tracking_uri),
+            mlflow.start_run(run_id=run_id),
+            quieter("mlflow.pyfunc"),
+            _without_progress_bars(),
+        ):
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),
