@@ -291,45 +291,95 @@ class BenchmarkTracker:
         return bool(found)
 
     def log(self, record: RunScores, data_dir: Path, settings: Settings) -> None:
-        """Logs one finished run (scores, overrides, tags, description, data) unless logged."""
+        """Logs one finished run of this benchmark (see :meth:`log_run`)."""
+        key = f"{record.variability}/{record.method}/seed{record.seed}/fold{record.fold}"
+        description = (
+            f"{self.study}: {record.method} on {record.variability} reader variability, seed "
+            f"{record.seed}, fold {record.fold}; {record.tags.get('tasks', '?')} at "
+            f"{record.tags.get('image_size', '?')} px with {record.tags.get('backbone', '?')}; "
+            "scores on the held-out test patients against the phantom's truth"
+        )
+        self.log_run(
+            key, method=record.method, training_tags=record.tags,
+            tags={"variability": record.variability, "seed": str(record.seed)},
+            description=description,
+            test_scores=record.scores,
+            metrics={**record.diagnostics, "run_seconds": record.seconds},
+            params=run_overrides(record.method, settings, record.seed, record.fold, self.device),
+            datalist=data_dir / "datalist.json", fold=record.fold,
+        )  # fmt: skip
+
+    def log_run(
+        self,
+        key: str,
+        *,
+        method: str,
+        training_tags: Mapping[str, str],
+        tags: Mapping[str, str],
+        description: str,
+        test_scores: Mapping[str, float | None],
+        metrics: Mapping[str, float],
+        params: Mapping[str, Any],
+        datalist: Path,
+        fold: int,
+    ) -> None:
+        """Logs one run unless the experiment holds it (its ``benchmark_run`` tag is ``key``).
+
+        Args:
+            key: The run's identity in the study (``<variability>/<method>/seed<s>/fold<f>``).
+            method: The benchmark's method name (the ``method`` tag).
+            training_tags: The training's tags (its ``method`` becomes ``gradient_method``).
+            tags: More tags (variability, seed...).
+            description: The run's one-line description.
+            test_scores: The test scores, logged as ``test_<name>`` (``None``: not trained).
+            metrics: Other metrics (``run_seconds``, RLAR diagnostics), as they are.
+            params: The bundle overrides of the run.
+            datalist: The datalist; its fold's training split and the test split are logged.
+            fold: The run's validation fold.
+        """
         from mlflow.entities import Metric, Param, RunTag
 
         from thyroid_monai.tracking import datalist_lineage, dataset_input, param_value
         from thyroid_monai.tracking.lineage import DESCRIPTION_TAG
 
-        key = f"{record.variability}/{record.method}/seed{record.seed}/fold{record.fold}"
         if self._logged(key):
             return
-        tags = {**record.tags, "gradient_method": record.tags.get("method", "unknown"),
-                "method": record.method, "study": self.study, "benchmark_run": key,
-                "variability": record.variability, "seed": str(record.seed),
-                "fold": str(record.fold), "device": self.device}  # fmt: skip
-        tags[DESCRIPTION_TAG] = (
-            f"{self.study}: {record.method} on {record.variability} reader variability, seed "
-            f"{record.seed}, fold {record.fold}; {tags.get('tasks', '?')} at "
-            f"{tags.get('image_size', '?')} px with {tags.get('backbone', '?')}; scores on the "
-            f"held-out test patients against the phantom's truth"
-        )
-        overrides = run_overrides(record.method, settings, record.seed, record.fold, self.device)
+        every_tag = {**training_tags, "gradient_method": training_tags.get("method", "unknown"),
+                     "method": method, "study": self.study, "benchmark_run": key,
+                     "fold": str(fold), "device": self.device, **tags,
+                     DESCRIPTION_TAG: description}  # fmt: skip
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(f"test_{k}", v, now, 0) for k, v in record.scores.items() if v is not None
-        ]
-        metrics += [Metric(k, v, now, 0) for k, v in record.diagnostics.items()]
-        metrics.append(Metric("run_seconds", record.seconds, now, 0))
+        logged = {f"test_{k}": v for k, v in test_scores.items() if v is not None} | dict(metrics)
+        batch = [Metric(name, float(value), now, 0) for name, value in logged.items()]
         run = self.client.create_run(self.experiment_id, run_name=key.replace("/", "_"))
         run_id = run.info.run_id
         self.client.log_batch(
-            run_id, metrics=metrics,
-            params=[Param(k.replace("#", "."), param_value(v)) for k, v in overrides.items()],
-            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+            run_id, metrics=batch,
+            params=[Param(k.replace("#", "."), param_value(v)) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in every_tag.items()],
         )  # fmt: skip
-        datalist = data_dir / "datalist.json"
         self.client.log_inputs(run_id, datasets=[
-            dataset_input(datalist_lineage(datalist, "train", record.fold)),
+            dataset_input(datalist_lineage(datalist, "train", fold)),
             dataset_input(datalist_lineage(datalist, "test")),
         ])  # fmt: skip
         self.client.set_terminated(run_id)
+
+
+def add_mlflow_options(parser: argparse.ArgumentParser) -> None:
+    """``--mlflow-uri`` and ``--no-mlflow`` (the benchmarks' MLflow logging)."""
+    parser.add_argument("--mlflow-uri", help="MLflow store or server the runs are logged to "
+                        "(default: sqlite:///<work>/mlruns.db)")  # fmt: skip
+    parser.add_argument("--no-mlflow", action="store_true", help="log no run to MLflow")
+
+
+def benchmark_tracker(args: argparse.Namespace, work: Path, study: str) -> BenchmarkTracker | None:
+    """The study's tracker from the options of :func:`add_mlflow_options` (None: no logging)."""
+    if args.no_mlflow:
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    uri = args.mlflow_uri or f"sqlite:///{(work / 'mlruns.db').resolve()}"
+    print(f"MLflow: experiment benchmark_{study} in {uri}")
+    return BenchmarkTracker(uri, study, args.device)
 
 
 def run_all(
@@ -677,9 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="data and runs (default benchmarks/.work/...)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (accuracy or accuracy_quick)")
-    parser.add_argument("--mlflow-uri", help="MLflow store or server the runs are logged to "
-                        "(default: sqlite:///<work>/mlruns.db)")  # fmt: skip
-    parser.add_argument("--no-mlflow", action="store_true", help="log no run to MLflow")
+    add_mlflow_options(parser)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     for option in ("seeds", "epochs", "images", "image_size", "batch_size"):
@@ -692,12 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     started, started_at = time.perf_counter(), time.time()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    tracker = None
-    if not args.no_mlflow:
-        work.mkdir(parents=True, exist_ok=True)
-        uri = args.mlflow_uri or f"sqlite:///{(work / 'mlruns.db').resolve()}"
-        tracker = BenchmarkTracker(uri, name, args.device)
-        print(f"MLflow: experiment benchmark_{name} in {uri}")
+    tracker = benchmark_tracker(args, work, name)
     records = run_all(work, settings, args.methods, args.variability, args.device,
                       jobs=args.jobs, threads=threads, folds=args.folds,
                       tracker=tracker)  # fmt: skip

@@ -102,6 +102,14 @@ def test_ddti_recipe_prepares_trains_and_evaluates_the_sample(benchmarks, tmp_pa
     assert [(r["method"], r["fold"]) for r in runs] == [("sum", "0"), ("sum", "1")]
     assert all(r["dice"] != "" and r["accuracy"] != "" for r in runs)
     assert "Produced by: `python benchmarks/ddti.py" in (out / "ddti_quick.md").read_text()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("benchmark_ddti_quick").experiment_id
+    logged = client.search_runs([experiment], order_by=["tags.fold"])
+    assert [(r.data.tags["method"], r.data.tags["fold"]) for r in logged] == [
+        ("sum", "0"), ("sum", "1")]  # fmt: skip
+    assert logged[0].data.tags["tirads_scheme"] == "kwak"
+    assert logged[0].data.tags["data_source"] == datalist["source"]
+    assert logged[0].data.metrics["test_dice"] == pytest.approx(float(runs[0]["dice"]))
 
 
 def test_ddti_recipe_refuses_a_folder_that_is_not_ddti(benchmarks, tmp_path):
