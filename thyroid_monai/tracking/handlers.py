@@ -151,8 +151,12 @@ class ResilientMLFlowHandler(MLFlowHandler):
         self.experiment = None
         self.cur_run = None
         _write_state(self.fallback_dir, self.remote_uri, pending=True)
+        sampling = self._monitor is not None
+        self._stop_system_metrics(flush=False)  # its points cannot reach the server
         if remote_run_id is not None:
             self.cur_run = self._local_continuation(remote_run_id)
+            if sampling:
+                self._start_system_metrics()  # into the local run from now on
 
     def _local_continuation(self, remote_run_id: str) -> mlflow.entities.Run:
         """The local run that continues a server run during an outage (found or created)."""
@@ -316,9 +320,12 @@ class ResilientMLFlowHandler(MLFlowHandler):
             )
             self._monitor.start()
 
-    def _stop_system_metrics(self) -> None:
+    def _stop_system_metrics(self, flush: bool = True) -> None:
+        """Stops sampling; ``flush=False`` drops the points not uploaded yet (server gone)."""
         if self._monitor is None:
             return
+        if not flush:
+            self._monitor.mlflow_logger.data = []
         with quieter("mlflow.system_metrics"):
             self._monitor.finish()
         self._monitor = None
