@@ -25,6 +25,15 @@ fold and seed of RLAR against the weighted sum and against the same model withou
 CAME-Grad against the sum and CAGrad; whether the RLAR penalty was active), and a PNG plot. Each
 table says above it the command that produced it.
 
+Every run is also logged to MLflow, one experiment per study (``benchmark_<name>``, e.g.
+``benchmark_accuracy_quick``): the test scores as metrics (``test_dice``, ``test_macro_f1``...),
+the bundle overrides as params, the tags of a tracked training (``method`` is the benchmark's
+method name, ``gradient_method`` the gradient method's) plus ``study``, ``variability``, ``seed``
+and ``fold``, a one-line description, and the run's training and test splits as MLflow datasets.
+MLflow's compare view then sets RLAR against the sum run by run. The store is
+``<work>/mlruns.db`` unless ``--mlflow-uri`` names another (a team server); ``--no-mlflow`` logs
+nothing. A run already in the experiment is not logged twice.
+
     python benchmarks/accuracy.py --quick --jobs 2  # the CPU settings (under 1 hour on 2 cores)
     python benchmarks/accuracy.py --device cuda  # the full settings, for a GPU
     python benchmarks/accuracy.py --quick --methods sum rlar --variability strong
@@ -173,6 +182,8 @@ class RunScores:
     seconds: float = 0.0
     diagnostics: dict[str, float] = field(default_factory=dict)
     """The trainer's last-epoch means of the RLAR cosines (``rlar_cos_mean``, ...), if any."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """The training's MLflow tags (:class:`thyroid_monai.tracking.RunRecord`)."""
 
 
 def dataset(root: Path, variability: str, settings: Settings, radiomics: bool) -> Path:
@@ -230,13 +241,14 @@ RLAR_DIAGNOSTICS = ("rlar_cos_mean", "rlar_cos_max", "rlar_excess_share")
 
 def train_and_evaluate(
     data_dir: Path, run_dir: Path, overrides: Mapping[str, Any]
-) -> tuple[dict[str, float | None], dict[str, float]]:
+) -> tuple[dict[str, float | None], dict[str, float], dict[str, str]]:
     """Trains one configuration through the bundle and scores its best checkpoint on the test.
 
     Returns:
-        The truth scores, and the RLAR diagnostics of the last training epoch (empty without
-        RLAR).
+        The truth scores, the RLAR diagnostics of the last training epoch (empty without
+        RLAR), and the training's MLflow tags.
     """
+    from thyroid_monai.tracking import RunRecord
     from thyroid_monai.workflows import read_metrics_csv, run_bundle
 
     training = run_bundle(["train.yaml"], run_dir=run_dir, dataset_dir=data_dir, tracking=False,
@@ -247,9 +259,11 @@ def train_and_evaluate(
         for name in RLAR_DIAGNOSTICS
         if f"train_{name}" in epoch_means
     }
+    tags = RunRecord.from_config(training.parser).tags()
     run_bundle(["train.yaml", "evaluate.yaml"], run_dir=run_dir, dataset_dir=data_dir,
                tracking=False, quiet=True, overrides=dict(overrides))  # fmt: skip
-    return truth_scores(read_metrics_csv(run_dir / "eval" / "metrics.csv")), diagnostics
+    scores = truth_scores(read_metrics_csv(run_dir / "eval" / "metrics.csv"))
+    return scores, diagnostics, tags
 
 
 def run_overrides(method: str, settings: Settings, seed: int, fold: int, device: str) -> dict:
@@ -269,6 +283,125 @@ def run_overrides(method: str, settings: Settings, seed: int, fold: int, device:
     }
 
 
+class BenchmarkTracker:
+    """Logs the benchmark's runs to one MLflow experiment per study (see the module docstring).
+
+    Args:
+        uri: Tracking URI (``sqlite:///...`` or a server).
+        study: The study's name (the result file stem); the experiment is ``benchmark_<study>``.
+        device: The device the runs trained on (a tag).
+    """
+
+    def __init__(self, uri: str, study: str, device: str):
+        import mlflow
+
+        self.client = mlflow.MlflowClient(uri)
+        self.study = study
+        self.device = device
+        name = f"benchmark_{study}"
+        experiment = self.client.get_experiment_by_name(name)
+        self.experiment_id = (
+            experiment.experiment_id if experiment else self.client.create_experiment(name)
+        )
+
+    def _logged(self, key: str) -> bool:
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.benchmark_run = '{key}'", max_results=1
+        )
+        return bool(found)
+
+    def log(self, record: RunScores, data_dir: Path, settings: Settings) -> None:
+        """Logs one finished run of this benchmark (see :meth:`log_run`)."""
+        key = f"{record.variability}/{record.method}/seed{record.seed}/fold{record.fold}"
+        description = (
+            f"{self.study}: {record.method} on {record.variability} reader variability, seed "
+            f"{record.seed}, fold {record.fold}; {record.tags.get('tasks', '?')} at "
+            f"{record.tags.get('image_size', '?')} px with {record.tags.get('backbone', '?')}; "
+            "scores on the held-out test patients against the phantom's truth"
+        )
+        self.log_run(
+            key, method=record.method, training_tags=record.tags,
+            tags={"variability": record.variability, "seed": str(record.seed)},
+            description=description,
+            test_scores=record.scores,
+            metrics={**record.diagnostics, "run_seconds": record.seconds},
+            params=run_overrides(record.method, settings, record.seed, record.fold, self.device),
+            datalist=data_dir / "datalist.json", fold=record.fold,
+        )  # fmt: skip
+
+    def log_run(
+        self,
+        key: str,
+        *,
+        method: str,
+        training_tags: Mapping[str, str],
+        tags: Mapping[str, str],
+        description: str,
+        test_scores: Mapping[str, float | None],
+        metrics: Mapping[str, float],
+        params: Mapping[str, Any],
+        datalist: Path,
+        fold: int,
+    ) -> None:
+        """Logs one run unless the experiment holds it (its ``benchmark_run`` tag is ``key``).
+
+        Args:
+            key: The run's identity in the study (``<variability>/<method>/seed<s>/fold<f>``).
+            method: The benchmark's method name (the ``method`` tag).
+            training_tags: The training's tags (its ``method`` becomes ``gradient_method``).
+            tags: More tags (variability, seed...).
+            description: The run's one-line description.
+            test_scores: The test scores, logged as ``test_<name>`` (``None``: not trained).
+            metrics: Other metrics (``run_seconds``, RLAR diagnostics), as they are.
+            params: The bundle overrides of the run.
+            datalist: The datalist; its fold's training split and the test split are logged.
+            fold: The run's validation fold.
+        """
+        from mlflow.entities import Metric, Param, RunTag
+
+        from thyroid_monai.tracking import datalist_lineage, dataset_input, param_value
+        from thyroid_monai.tracking.lineage import DESCRIPTION_TAG
+
+        if self._logged(key):
+            return
+        every_tag = {**training_tags, "gradient_method": training_tags.get("method", "unknown"),
+                     "method": method, "study": self.study, "benchmark_run": key,
+                     "fold": str(fold), "device": self.device, **tags,
+                     DESCRIPTION_TAG: description}  # fmt: skip
+        now = int(time.time() * 1000)
+        logged = {f"test_{k}": v for k, v in test_scores.items() if v is not None} | dict(metrics)
+        batch = [Metric(name, float(value), now, 0) for name, value in logged.items()]
+        run = self.client.create_run(self.experiment_id, run_name=key.replace("/", "_"))
+        run_id = run.info.run_id
+        self.client.log_batch(
+            run_id, metrics=batch,
+            params=[Param(k.replace("#", "."), param_value(v)) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in every_tag.items()],
+        )  # fmt: skip
+        self.client.log_inputs(run_id, datasets=[
+            dataset_input(datalist_lineage(datalist, "train", fold)),
+            dataset_input(datalist_lineage(datalist, "test")),
+        ])  # fmt: skip
+        self.client.set_terminated(run_id)
+
+
+def add_mlflow_options(parser: argparse.ArgumentParser) -> None:
+    """``--mlflow-uri`` and ``--no-mlflow`` (the benchmarks' MLflow logging)."""
+    parser.add_argument("--mlflow-uri", help="MLflow store or server the runs are logged to "
+                        "(default: sqlite:///<work>/mlruns.db)")  # fmt: skip
+    parser.add_argument("--no-mlflow", action="store_true", help="log no run to MLflow")
+
+
+def benchmark_tracker(args: argparse.Namespace, work: Path, study: str) -> BenchmarkTracker | None:
+    """The study's tracker from the options of :func:`add_mlflow_options` (None: no logging)."""
+    if args.no_mlflow:
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    uri = args.mlflow_uri or f"sqlite:///{(work / 'mlruns.db').resolve()}"
+    print(f"MLflow: experiment benchmark_{study} in {uri}")
+    return BenchmarkTracker(uri, study, args.device)
+
+
 def run_all(
     work: Path,
     settings: Settings,
@@ -278,6 +411,7 @@ def run_all(
     jobs: int = 1,
     threads: int | None = None,
     folds: Sequence[int] | None = None,
+    tracker: BenchmarkTracker | None = None,
 ) -> list[RunScores]:
     """Every run, resuming from the scores already on disk.
 
@@ -292,6 +426,7 @@ def run_all(
         threads: Torch threads per run (default: the cores shared among the jobs). Scores
             depend slightly on it (floating-point summation order), so the tables record it.
         folds: The folds to run (default: every fold of the settings), for a quicker probe.
+        tracker: Logs every run (new or from disk) to the study's MLflow experiment.
     """
     needs_radiomics = any(METHODS[m].get("use_radiomics") for m in methods)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
@@ -327,9 +462,14 @@ def run_all(
         pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
         futures = [pool.submit(one_run, *a) for a in arguments]
         finished = (future.result() for future in as_completed(futures))
+    if tracker is not None:
+        for record in records:  # from disk: logged unless a previous invocation did
+            tracker.log(record, data_dirs[record.variability], settings)
     try:
         for record in finished:
             records.append(record)
+            if tracker is not None:
+                tracker.log(record, data_dirs[record.variability], settings)
             print(f"[{len(records)}/{total}] {record.variability:<9}{record.method:<14}"
                   f"seed {record.seed} fold {record.fold}: " + ", ".join(
                       f"{k} {v:.3f}" for k, v in record.scores.items() if v is not None)
@@ -369,9 +509,9 @@ def one_run(
     run_dir = run_folder(work, variability, method, seed, fold)
     started = time.perf_counter()
     overrides = run_overrides(method, settings, seed, fold, device)
-    scores, diagnostics = train_and_evaluate(data_dir, run_dir, overrides)
+    scores, diagnostics, tags = train_and_evaluate(data_dir, run_dir, overrides)
     record = RunScores(variability, method, seed, fold, scores,
-                       round(time.perf_counter() - started, 1), diagnostics)  # fmt: skip
+                       round(time.perf_counter() - started, 1), diagnostics, tags)  # fmt: skip
     # written last and atomically: a run without scores.json is trained again on resume
     partial = run_dir / "scores.json.partial"
     partial.write_text(json.dumps(asdict(record), indent=2) + "\n")
@@ -607,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="data and runs (default benchmarks/.work/...)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (accuracy or accuracy_quick)")
+    add_mlflow_options(parser)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     for option in ("seeds", "epochs", "images", "image_size", "batch_size"):
@@ -619,8 +760,10 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     started, started_at = time.perf_counter(), time.time()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    tracker = benchmark_tracker(args, work, name)
     records = run_all(work, settings, args.methods, args.variability, args.device,
-                      jobs=args.jobs, threads=threads, folds=args.folds)  # fmt: skip
+                      jobs=args.jobs, threads=threads, folds=args.folds,
+                      tracker=tracker)  # fmt: skip
     summary, paired = summarise(records), paired_comparison(records)
     activity = rlar_activity(records)
     machine = machine_line(args.device, args.jobs, threads)

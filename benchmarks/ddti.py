@@ -14,7 +14,9 @@ pass its folder. The recipe is what a user would type by hand, in order:
    then of ``train.yaml`` + ``evaluate.yaml`` on the test patients.
 
 Scores are against the readers' labels (the only labels DDTI has). Tables like the accuracy
-benchmark's go to ``benchmarks/results/ddti*.{md,csv}``, with the command above them.
+benchmark's go to ``benchmarks/results/ddti*.{md,csv}``, with the command above them; every run
+is logged to the MLflow experiment ``benchmark_<name>`` as the accuracy benchmark logs its runs
+(``--mlflow-uri``, ``--no-mlflow``).
 
     python benchmarks/ddti.py --ddti ~/data/DDTI --quick
     python benchmarks/ddti.py --ddti ~/data/DDTI --methods sum rlar camegrad --device cuda
@@ -33,7 +35,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from accuracy import DEFAULT_METHODS, METHODS, RESULTS, write_csv
+from accuracy import (
+    DEFAULT_METHODS,
+    METHODS,
+    RESULTS,
+    add_mlflow_options,
+    benchmark_tracker,
+    write_csv,
+)
 
 READER_METRICS = {
     "dice": "val_mean_dice",
@@ -121,16 +130,24 @@ def bundle_overrides(method: str, recipe: Recipe, seed: int, fold: int, device: 
     }
 
 
-def run_method(data: Path, run_dir: Path, overrides: Mapping[str, Any]) -> dict[str, float | None]:
-    """Trains and evaluates one (method, seed, fold) through the bundle; scores vs the readers."""
+def run_method(
+    data: Path, run_dir: Path, overrides: Mapping[str, Any]
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Trains and evaluates one (method, seed, fold) through the bundle.
+
+    Returns:
+        The scores against the readers and the training's MLflow tags.
+    """
+    from thyroid_monai.tracking import RunRecord
     from thyroid_monai.workflows import read_metrics_csv, run_bundle
 
-    run_bundle(["train.yaml"], run_dir=run_dir, dataset_dir=data, tracking=False, quiet=True,
-               overrides=dict(overrides))  # fmt: skip
+    training = run_bundle(["train.yaml"], run_dir=run_dir, dataset_dir=data, tracking=False,
+                          quiet=True, overrides=dict(overrides))  # fmt: skip
+    tags = RunRecord.from_config(training.parser).tags()
     run_bundle(["train.yaml", "evaluate.yaml"], run_dir=run_dir, dataset_dir=data,
                tracking=False, quiet=True, overrides=dict(overrides))  # fmt: skip
     metrics = read_metrics_csv(run_dir / "eval" / "metrics.csv")
-    return {name: metrics.get(key) for name, key in READER_METRICS.items()}
+    return {name: metrics.get(key) for name, key in READER_METRICS.items()}, tags
 
 
 def summary_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -184,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="data and runs (default benchmarks/.work/...)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (ddti or ddti_quick)")
+    add_mlflow_options(parser)
     args = parser.parse_args(argv)
     if not (args.ddti / "xml").is_dir() or not (args.ddti / "images").is_dir():
         parser.error(f"{args.ddti} is not a DDTI folder: it needs xml/ and images/")
@@ -197,18 +215,28 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare(
         args.ddti, work, recipe, any(METHODS[m].get("use_radiomics") for m in args.methods)
     )
+    tracker = benchmark_tracker(args, work, name)
     started, records = time.perf_counter(), []
     for seed in recipe.seeds:
         for fold in range(recipe.folds):
             for method in args.methods:
                 run_dir = work / "runs" / method / f"seed{seed}_fold{fold}"
                 saved = run_dir / "scores.json"
+                overrides = bundle_overrides(method, recipe, seed, fold, args.device)
                 if not saved.is_file():
-                    overrides = bundle_overrides(method, recipe, seed, fold, args.device)
-                    scores = run_method(data, run_dir, overrides)
-                    saved.write_text(json.dumps(scores) + "\n")
+                    scores, tags = run_method(data, run_dir, overrides)
+                    saved.write_text(json.dumps({**scores, "tags": tags}) + "\n")
                 scores = json.loads(saved.read_text())
+                tags = scores.pop("tags", {})  # runs saved before the tags were kept have none
                 records.append({"method": method, "seed": seed, "fold": fold, **scores})
+                if tracker is not None:
+                    tracker.log_run(
+                        f"{method}/seed{seed}/fold{fold}", method=method, training_tags=tags,
+                        tags={"seed": str(seed)}, test_scores=scores, metrics={},
+                        description=f"{name}: {method} on DDTI, seed {seed}, fold {fold}; scores "
+                        "on the held-out test patients against the DDTI readers",
+                        params=overrides, datalist=data / "datalist.json", fold=fold,
+                    )  # fmt: skip
     rows = summary_rows(records)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / f"{name}_runs.csv", records, command)

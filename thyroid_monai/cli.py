@@ -391,8 +391,8 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--trust-model", action="store_true",
-        help="allow loading that unpickles (MLflow models, pickled checkpoints): runs code from "
-        "the model file, so only for models of trusted origin",
+        help="allow loading that runs code from the model (MLflow models: their logged source; "
+        "pickled checkpoints), so only for models of trusted origin",
     )  # fmt: skip
     parser.add_argument(
         "--config", type=Path, nargs="+",

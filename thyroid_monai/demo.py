@@ -125,10 +125,13 @@ def _train_and_evaluate(options: DemoOptions, data_dir: Path, run_name: str) -> 
     return read_metrics_csv(run_dir / "eval" / "metrics.csv")
 
 
-def _log_test_metrics(run_dir: Path, run_name: str, metrics: dict[str, float]) -> str:
-    """Adds the test metrics to the training run in MLflow; the tracking URI."""
+def _log_test_metrics(
+    run_dir: Path, data_dir: Path, run_name: str, metrics: dict[str, float]
+) -> str:
+    """Adds the test metrics and split (a dataset input) to the training run; the tracking URI."""
     import mlflow
 
+    from thyroid_monai.tracking import datalist_lineage, dataset_input
     from thyroid_monai.workflows import sqlite_uri, tracking_store
 
     store = tracking_store(run_dir)
@@ -139,8 +142,11 @@ def _log_test_metrics(run_dir: Path, run_name: str, metrics: dict[str, float]) -
     runs = client.search_runs(
         [experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'"
     )
+    run_id = runs[0].info.run_id
     for name, value in metrics.items():
-        client.log_metric(runs[0].info.run_id, name.replace("val_", "test_"), value)
+        client.log_metric(run_id, name.replace("val_", "test_"), value)
+    test_split = datalist_lineage(data_dir / "datalist.json", "test")
+    client.log_inputs(run_id, datasets=[dataset_input(test_split)])
     return sqlite_uri(store)
 
 
@@ -161,7 +167,8 @@ def _print_results(
         print(f"  {label:<30}{score:>8.3f}" if score is not None else f"  {label:<30}{'n/a':>8}")
     print(f"  (chance level for 5 balanced classes is 0.200; {options.epochs} epochs on a CPU)")
     print()
-    print(f"MLflow run '{run_name}' (params, per-epoch losses and metrics, checkpoint):")
+    print(f"MLflow run '{run_name}' (params, tags, datasets, per-epoch losses and metrics, "
+          "system metrics, checkpoint, the registered model):")  # fmt: skip
     print(f"  mlflow ui --backend-store-uri {uri} --port 5000")
 
 
@@ -175,6 +182,6 @@ def run_demo(options: DemoOptions) -> None:
     data_dir = prepare_demo_data(options.out, options.images, config, options.workers)
     run_name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     metrics = _train_and_evaluate(options, data_dir, run_name)
-    uri = _log_test_metrics(options.out, run_name, metrics)
+    uri = _log_test_metrics(options.out, data_dir, run_name, metrics)
     _print_results(options, data_dir, metrics, run_name, uri)
     print(f"Done in {time.perf_counter() - started:.0f} s.")

@@ -161,3 +161,9 @@ def mlflow_server(postgres_uri: str) -> Iterator[str]:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def loopback_port() -> int:
+    """A free TCP port on 127.0.0.1 for a server a test starts itself."""
+    return free_port()

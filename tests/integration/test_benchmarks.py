@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
@@ -52,6 +53,24 @@ def test_accuracy_trains_through_the_bundle_and_pairs_rlar_with_sum(benchmarks, 
     assert "Produced by: `python benchmarks/accuracy.py --quick" in table
     assert "Was the RLAR penalty active?" in table
     assert (out / "toy.png").read_bytes().startswith(b"\x89PNG")
+    # Every run is in the study's MLflow experiment, comparable by its tags.
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("benchmark_toy").experiment_id
+    logged = client.search_runs([experiment])
+    assert sorted((r.data.tags["method"], r.data.tags["fold"]) for r in logged) == sorted(
+        (m, f) for m in ("sum", "rlar") for f in ("0", "1"))  # fmt: skip
+    rlar = client.search_runs([experiment], "tags.method = 'rlar' and tags.fold = '0'")[0]
+    csv_row = next(r for r in runs if (r["method"], r["fold"]) == ("rlar", "0"))
+    assert rlar.data.metrics["test_dice"] == pytest.approx(float(csv_row["dice"]))
+    assert rlar.data.tags["gradient_method"] == "sum+rlar"
+    assert (rlar.data.tags["variability"], rlar.data.tags["study"]) == ("strong", "toy")
+    assert rlar.data.tags["mlflow.note.content"].startswith("toy: rlar on strong reader")
+    contexts = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                for i in rlar.inputs.dataset_inputs}  # fmt: skip
+    assert set(contexts) == {"training", "testing"}
+    same_fold_sum = client.search_runs([experiment], "tags.method = 'sum' and tags.fold = '0'")[0]
+    assert {i.dataset.digest for i in same_fold_sum.inputs.dataset_inputs} == {
+        d.digest for d in contexts.values()}  # fmt: skip
     # A second invocation reuses every finished run instead of training again.
     scores = tmp_path / "work" / "runs" / "strong" / "sum" / "seed0_fold0" / "scores.json"
     before = scores.stat().st_mtime_ns
@@ -59,6 +78,7 @@ def test_accuracy_trains_through_the_bundle_and_pairs_rlar_with_sum(benchmarks, 
                    "0", "--epochs", "2", "--images", "30", "--work", str(tmp_path / "work"),
                    "--out", str(out), "--name", "toy"])  # fmt: skip
     assert scores.stat().st_mtime_ns == before
+    assert len(client.search_runs([experiment])) == 4  # nor logging them again
 
 
 def test_level_only_runs_have_no_mask_scores(benchmarks):
@@ -82,6 +102,14 @@ def test_ddti_recipe_prepares_trains_and_evaluates_the_sample(benchmarks, tmp_pa
     assert [(r["method"], r["fold"]) for r in runs] == [("sum", "0"), ("sum", "1")]
     assert all(r["dice"] != "" and r["accuracy"] != "" for r in runs)
     assert "Produced by: `python benchmarks/ddti.py" in (out / "ddti_quick.md").read_text()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("benchmark_ddti_quick").experiment_id
+    logged = client.search_runs([experiment], order_by=["tags.fold"])
+    assert [(r.data.tags["method"], r.data.tags["fold"]) for r in logged] == [
+        ("sum", "0"), ("sum", "1")]  # fmt: skip
+    assert logged[0].data.tags["tirads_scheme"] == "kwak"
+    assert logged[0].data.tags["data_source"] == datalist["source"]
+    assert logged[0].data.metrics["test_dice"] == pytest.approx(float(runs[0]["dice"]))
 
 
 def test_ddti_recipe_refuses_a_folder_that_is_not_ddti(benchmarks, tmp_path):

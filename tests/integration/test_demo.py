@@ -9,7 +9,9 @@ from thyroid_monai.workflows import sqlite_uri, tracking_store
 
 
 def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path, capfd,
-                                                                      assert_no_phi):  # fmt: skip
+                                                                      assert_no_phi,
+                                                                      monkeypatch):  # fmt: skip
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a run of seconds
     run_dir = tmp_path / "demo"
     code = main(["demo", "--out", str(run_dir), "--n", "24", "--epochs", "2",
                  "--image-size", "64", "--batch-size", "4", "--workers", "1"])  # fmt: skip
@@ -39,6 +41,14 @@ def test_demo_tracks_one_finished_run_with_epoch_metrics_and_checkpoint(tmp_path
     for metric in ("val_mean_dice", "val_accuracy", "train_loss_seg", "train_loss_cls"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2]
     assert "test_mean_dice" in run.data.metrics
+    # what the run is: its data (the test split the demo scored, too), tags and description
+    contexts = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                for i in run.inputs.dataset_inputs}  # fmt: skip
+    assert set(contexts) == {"training", "validation", "testing"}
+    assert json.loads(contexts["testing"].profile)["items"] == datalist["numTest"]
+    assert (run.data.tags["data_source"], run.data.tags["method"]) == ("dicom", "sum")
+    assert run.data.tags["mlflow.note.content"].startswith("Training of seg,cls with sum")
+    assert "system/cpu_utilization_percentage" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "model.pt" in artifacts
     assert any(path.startswith("config_") for path in artifacts)

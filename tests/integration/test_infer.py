@@ -34,6 +34,7 @@ from thyroid_monai.inference import (
     load_model,
     read_input,
 )
+from thyroid_monai.io.checkpoints import RUN_CONFIG
 from thyroid_monai.io.nifti import read_nifti_2d
 from thyroid_monai.synthetic import Phantom, PhantomConfig, RenderSettings
 from thyroid_monai.tirads import acr_recommendation
@@ -237,7 +238,7 @@ def test_a_registered_mlflow_model_infers_like_its_checkpoint(trained: tuple[Pat
     network = load_model(run).network
     register_model(
         network, run_id=run_id, registered_name="thyroid", tracking_uri=store,
-        input_example=np.zeros((1, 1, *IMAGE_SIZE), dtype=np.float32),
+        config_file=run / RUN_CONFIG, input_example=np.zeros((1, *IMAGE_SIZE), dtype=np.float32),
         key_metric="val_mean_dice",
     )  # fmt: skip
     image = sorted((data / "images").glob("*.nii.gz"))[0]

@@ -3,10 +3,10 @@
 import json
 
 import mlflow
-import mlflow.pytorch
 import torch
 
 from data_prep.phantom import write_phantom_dataset
+from thyroid_monai.inference import load_model
 from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.synthetic import PhantomConfig, RenderSettings
 from thyroid_monai.workflows import run_bundle
@@ -52,7 +52,8 @@ def test_training_is_tracked_on_a_postgres_backed_server(mlflow_server, tmp_path
     champion = client.get_model_version_by_alias("thyroid_us_multitask", "champion")
     assert (str(champion.version), champion.run_id) == ("1", run.info.run_id)
     assert float(champion.tags["val_mean_dice"]) == max(m.value for m in dice_history)
-    model = mlflow.pytorch.load_model("models:/thyroid_us_multitask@champion")  # env: the server
+    # env: the server; the served pyfunc's weights came back through the artifact proxy
+    model = load_model("models:/thyroid_us_multitask@champion", trust=True).network
     assert isinstance(model, MultitaskUNet)
     best = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(value, best[name]) for name, value in model.state_dict().items())

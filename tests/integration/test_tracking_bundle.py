@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import pytest
 from monai.bundle import ConfigWorkflow
 
 from data_prep.phantom import write_phantom_dataset
+from thyroid_monai.inference import load_model
 from thyroid_monai.io.checkpoints import RUN_CONFIG
 from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.synthetic import PhantomConfig, RenderSettings
@@ -26,6 +26,14 @@ def dataset(tmp_path_factory):
     return folder
 
 
+def train_run(dataset, run_dir, store, name, **overrides):
+    """One short tracked training into the shared store; returns its MLflow run id."""
+    run_bundle(["train.yaml"], run_dir=run_dir, dataset_dir=dataset, quiet=True,
+               overrides={"max_epochs": 1, "image_size": [64, 64], "batch_size": 4,
+                          "run_name": name, "tracking_uri": store, **overrides})  # fmt: skip
+    return json.loads((run_dir / "eval" / "mlflow_run.json").read_text(encoding="utf-8"))["run_id"]
+
+
 def train(dataset, run_dir, store, name, **overrides):
     """One short tracked training into the shared store; returns its registration record."""
     run_bundle(["train.yaml"], run_dir=run_dir, dataset_dir=dataset, quiet=True,
@@ -37,6 +45,7 @@ def train(dataset, run_dir, store, name, **overrides):
 def test_tracked_runs_record_everything_and_promote_only_better_models(dataset, tmp_path,
                                                                     monkeypatch):  # fmt: skip
     store = sqlite_uri(tmp_path / "team.db")  # one store (and registry) for every run
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a run of seconds
     first = train(dataset, tmp_path / "first", store, "first")
 
     client = mlflow.MlflowClient(store)
@@ -71,6 +80,9 @@ def test_tracked_runs_record_everything_and_promote_only_better_models(dataset, 
     for figure in FIGURES:
         local = client.download_artifacts(run.info.run_id, figure, str(tmp_path / "back"))
         assert Path(local).read_bytes().startswith(b"\x89PNG")
+    # system metrics were sampled while it trained
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
 
     # the best checkpoint was registered from this run and became the champion
     assert (first["version"], first["promoted"]) == ("1", True)
@@ -79,12 +91,13 @@ def test_tracked_runs_record_everything_and_promote_only_better_models(dataset, 
     assert (str(champion.version), champion.run_id) == ("1", run.info.run_id)
     with monkeypatch.context() as scoped:  # the runs below get their store from the config
         scoped.setenv("MLFLOW_TRACKING_URI", store)
-        assert isinstance(mlflow.pytorch.load_model(f"models:/{NAME}@champion"), MultitaskUNet)
+        champion_model = load_model(f"models:/{NAME}@champion", trust=True)
         info = mlflow.models.get_model_info(f"models:/{NAME}/1")
-    # the image signature, and no input example (MLflow cannot validate one for a model
-    # returning a dictionary)
-    assert info.signature.inputs.inputs[0].shape[1:] == (1, 64, 64)
-    assert info.saved_input_example_info is None
+    assert isinstance(champion_model.network, MultitaskUNet)
+    assert champion_model.image_size == (64, 64)
+    # a servable pyfunc: images of any size in, with a request example MLflow validated
+    assert info.signature.inputs.inputs[0].shape == (-1, -1, -1)
+    assert info.saved_input_example_info is not None
 
     # Two more runs with other learning rates. Which one scores higher after one epoch at 64x64
     # depends on the platform's arithmetic, so the expected alias moves are derived from the
@@ -131,3 +144,57 @@ def test_a_tracked_runs_record_evaluates_with_tracking_from_any_folder(dataset, 
         [mlflow.MlflowClient(store).get_experiment_by_name(NAME).experiment_id]
     )
     assert len(runs) == 2  # the training and the evaluation, one handler each
+    evaluation = next(r for r in runs if r.data.tags["mlflow.note.content"].startswith("Eval"))
+    (tested,) = evaluation.inputs.dataset_inputs  # the held-out split it scored
+    assert {t.key: t.value for t in tested.tags}["mlflow.data.context"] == "testing"
+    assert evaluation.data.tags["method"] == "sum"
+
+
+def test_a_runs_data_tags_and_description_read_back(dataset, tmp_path):
+    """Two runs on the same data show the same dataset digests; the tags say what ran."""
+    store = sqlite_uri(tmp_path / "team.db")
+    no_metrics = {"tracking_system_metrics": False, "register_model": False}
+    first = train_run(dataset, tmp_path / "a", store, "a", **no_metrics)
+    second = train_run(dataset, tmp_path / "b", store, "b", use_rlar=True, **no_metrics)
+    client = mlflow.MlflowClient(store)
+    runs = [client.get_run(run_id) for run_id in (first, second)]
+
+    inputs = {}
+    for run in runs:
+        assert not [key for key in run.data.metrics if key.startswith("system/")]  # switched off
+        inputs[run.info.run_id] = {
+            next(t.value for t in entry.tags if t.key == "mlflow.data.context"): entry
+            for entry in run.inputs.dataset_inputs
+        }
+    training, validation = inputs[first]["training"], inputs[first]["validation"]
+    assert set(inputs[first]) == {"training", "validation"}
+    assert training.dataset.name == "thyroid-phantom_train_fold0"
+    assert json.loads(training.dataset.source)["uri"] == str((dataset / "datalist.json").resolve())
+    assert training.dataset.digest != validation.dataset.digest
+    profile = json.loads(training.dataset.profile)
+    assert profile["source"] == "phantom"
+    assert profile["items"] + json.loads(validation.dataset.profile)["items"] == json.loads(
+        (dataset / "datalist.json").read_text())["numTraining"]  # fmt: skip
+    tags = {t.key: t.value for t in training.tags}
+    assert (tags["split"], tags["fold"], tags["source"]) == ("train", "0", "phantom")
+    # the same data: the same digests in both runs
+    for context in ("training", "validation"):
+        assert inputs[second][context].dataset.digest == inputs[first][context].dataset.digest
+
+    tags = runs[0].data.tags
+    assert tags["method"] == "sum"
+    assert runs[1].data.tags["method"] == "sum+rlar"
+    assert tags["tasks"] == "seg,cls"
+    assert (tags["backbone"], tags["image_size"]) == ("resnet18", "64x64")
+    assert (tags["tirads_scheme"], tags["label_grouping"]) == ("acr", "acr5")
+    assert (tags["data_source"], tags["reader_mode"]) == ("phantom", "consensus")
+    assert tags["git_commit"] == tags["mlflow.source.git.commit"]
+    assert len(tags["git_commit"]) == 40 or tags["git_commit"] == "unknown"
+    description = tags["mlflow.note.content"]
+    assert "\n" not in description
+    assert description.startswith("Training of seg,cls with sum, resnet18 at 64x64 px")
+    assert "thyroid-phantom (phantom) fold 0" in description
+    # a run of the same data with another method is found by its tags
+    experiment = client.get_experiment_by_name(NAME).experiment_id
+    found = client.search_runs([experiment], filter_string="tags.method = 'sum+rlar'")
+    assert [run.info.run_id for run in found] == [second]

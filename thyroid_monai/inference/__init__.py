@@ -39,6 +39,7 @@ from thyroid_monai.inference.pipeline import (
     build_report,
     deidentification_options,
     infer_image,
+    predict_report,
     run_inference,
 )
 from thyroid_monai.inference.report import SCHEMA_VERSION, findings_text
@@ -69,6 +70,7 @@ __all__ = [
     "largest_component",
     "load_model",
     "measure_nodule",
+    "predict_report",
     "read_input",
     "run_inference",
 ]

@@ -11,9 +11,12 @@ Three kinds of model are accepted by :func:`load_model`:
 - a **TorchScript** file (as ``ckpt_export`` writes it): loaded with ``torch.jit.load``, which
   runs TorchScript code but unpickles no Python objects; its embedded config (``extra/*.json``)
   gives the input size and label grouping;
-- an MLflow **model URI** (``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model``):
-  ``mlflow.pytorch.load_model`` unpickles, so it needs ``trust=True`` (``--trust-model``); the input
-  size comes from the logged signature, the label grouping from the run's parameters.
+- an MLflow **model URI** (``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model``): the
+  registered pyfunc (:mod:`thyroid_monai.tracking.served_model`) rebuilds the network from its
+  logged config and loads its weights weights-only, but it runs the package source logged with
+  it, so it needs ``trust=True`` (``--trust-model``). Versions logged with ``mlflow.pytorch`` by
+  earlier releases are pickled modules (same flag); their input size comes from the logged
+  signature, the label grouping from the run's parameters.
 
 A checkpoint that ``weights_only`` loading refuses (a pickled module) is likewise loaded only with
 ``trust=True``. Anything else raises :class:`UntrustedModelError`, naming the file or URI and the
@@ -28,6 +31,7 @@ the input's pixel grid.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -344,19 +348,35 @@ def _load_torchscript(path: Path, device: torch.device) -> InferenceModel:
 def _load_mlflow(uri: str, trust: bool, device: torch.device) -> InferenceModel:
     if not trust:
         raise UntrustedModelError(
-            f"{uri}: mlflow.pytorch models are pickled and loading one runs code from the "
-            f"model's artifacts. Pass {TRUST_FLAG} if you trust the tracking server"
+            f"{uri}: loading an MLflow model runs code from the model's artifacts (the logged "
+            f"package source; a pickled module in models logged before the pyfunc). Pass "
+            f"{TRUST_FLAG} if you trust the tracking server"
         )
     import mlflow
-    import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
     try:
         info = mlflow.models.get_model_info(uri)
-        network = mlflow.pytorch.load_model(uri, map_location=device)
-        params = mlflow.MlflowClient().get_run(info.run_id).data.params if info.run_id else {}
+        if "pytorch" in info.flavors:  # versions logged with mlflow.pytorch before the pyfunc
+            return _load_mlflow_pytorch(uri, info, device)
+        served = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     except (MlflowException, OSError) as error:
         raise ModelLoadError(f"{uri}: cannot load the model ({error})") from None
+    loaded = getattr(served, "model", None)
+    if not isinstance(loaded, InferenceModel):
+        raise ModelLoadError(f"{uri}: not a thyroid_monai model (no inference model inside)")
+    return dataclasses.replace(
+        loaded, network=loaded.network.to(device), kind="mlflow", name=uri, device=device
+    )
+
+
+def _load_mlflow_pytorch(uri: str, info: Any, device: torch.device) -> InferenceModel:
+    """A version logged with ``mlflow.pytorch`` (a pickled module) by earlier releases."""
+    import mlflow
+    import mlflow.pytorch
+
+    network = mlflow.pytorch.load_model(uri, map_location=device)
+    params = mlflow.MlflowClient().get_run(info.run_id).data.params if info.run_id else {}
     if info.signature is None or info.signature.inputs is None:
         raise ModelLoadError(f"{uri}: the logged model has no input signature (image size)")
     shape = info.signature.inputs.inputs[0].shape  # (batch, channels, x, y)

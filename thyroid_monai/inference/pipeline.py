@@ -269,6 +269,35 @@ def build_report(
     return report, mask
 
 
+def predict_report(
+    model: InferenceModel,
+    image: InputImage,
+    *,
+    name: str,
+    relative_input: str | None,
+    deidentified: bool,
+    settings: InferenceSettings,
+) -> tuple[dict[str, Any], np.ndarray, Prediction]:
+    """Runs the model on one image and builds its report (no files written).
+
+    The one path from pixels to a report: :func:`infer_image` (files) and the served MLflow model
+    (:mod:`thyroid_monai.tracking.served_model`, HTTP) both use it.
+
+    Returns:
+        The report (without its ``outputs`` section), the mask it describes and the prediction.
+    """
+    prediction = model.predict(image.image)
+    if prediction.nodule_probability is None:
+        thresholded = np.zeros(image.image.shape, dtype=bool)
+    else:
+        thresholded = prediction.nodule_probability >= settings.threshold
+    report, mask = build_report(
+        image, thresholded, prediction, model.describe(), model.grouping, name=name,
+        relative_input=relative_input, deidentified=deidentified, settings=settings,
+    )  # fmt: skip
+    return report, mask, prediction
+
+
 class CaseFailure(Exception):
     """One input that could not be processed: the stage that failed and a value-free reason."""
 
@@ -327,15 +356,9 @@ def infer_image(
             pixels = blank_outside_image_regions(image.image, source, dicom.crop)
             image = dataclasses.replace(image, image=pixels)
     with _stage("predict", image.path):
-        prediction = model.predict(image.image)
-        if prediction.nodule_probability is None:
-            thresholded = np.zeros(image.image.shape, dtype=bool)
-        else:
-            thresholded = prediction.nodule_probability >= settings.threshold
-        report, mask = build_report(
-            image, thresholded, prediction, model.describe(), model.grouping, name=name,
-            relative_input=relative_input, deidentified=clean_source is not None,
-            settings=settings,
+        report, mask, _ = predict_report(
+            model, image, name=name, relative_input=relative_input,
+            deidentified=clean_source is not None, settings=settings,
         )  # fmt: skip
     outputs: dict[str, str | None] = {
         "mask": "mask.nii.gz", "overlay": "overlay.png", "report": "report.json",

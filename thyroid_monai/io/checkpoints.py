@@ -73,8 +73,9 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: Any 
 def load_logged_model(model_uri: str, *, trust: bool = False, map_location: Any = "cpu") -> Any:
     """Loads an ``mlflow.pytorch`` model (a whole pickled module), only when trusted.
 
-    A model logged by :func:`thyroid_monai.tracking.register_model` is a pickle of the network:
-    loading it runs code from the tracking server's artifact store. Without ``trust`` this
+    Versions registered before the served pyfunc (:mod:`thyroid_monai.tracking.served_model`)
+    were logged with ``mlflow.pytorch``, a pickle of the network: loading one runs code from the
+    tracking server's artifact store. Without ``trust`` this
     refuses; the safe alternative is to build the network from the bundle config and load a
     checkpoint's weights with :func:`load_checkpoint`.
 

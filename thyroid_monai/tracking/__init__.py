@@ -9,6 +9,10 @@
   champion, and completing a registration an outage postponed.
 * :mod:`~thyroid_monai.tracking.handlers`: the bundle's MLflow handlers (resilient to outages; the
   trainer's one also registers the model).
+* :mod:`~thyroid_monai.tracking.lineage`: a run's data as MLflow dataset inputs (digest of the
+  datalist and its files), its tags and its description.
+* :mod:`~thyroid_monai.tracking.served_model`: the registered pyfunc that ``mlflow models serve``
+  serves (image in; mask, level probabilities and report out).
 """
 
 from thyroid_monai.tracking.figures import (
@@ -21,6 +25,13 @@ from thyroid_monai.tracking.handlers import (
     ResilientMLFlowHandler,
     read_run_file,
     write_run_file,
+)
+from thyroid_monai.tracking.lineage import (
+    DatalistLineage,
+    RunRecord,
+    datalist_lineage,
+    dataset_input,
+    git_commit,
 )
 from thyroid_monai.tracking.offline import (
     is_unreachable,
@@ -47,7 +58,9 @@ from thyroid_monai.tracking.registry import (
     example_input,
     register_model,
     register_pending,
+    serving_example,
 )
+from thyroid_monai.tracking.served_model import UltrasoundModel, serving_signature
 from thyroid_monai.tracking.sync import SyncReport, sync_offline_store
 
 __all__ = [
@@ -58,16 +71,22 @@ __all__ = [
     "PENDING_FILE",
     "REGISTRATION_FILE",
     "ConfusionMatrixFigure",
+    "DatalistLineage",
     "GradientDiagnosticsFigure",
     "ModelRegistration",
     "RegisteringMLFlowHandler",
     "Registration",
     "ResilientMLFlowHandler",
+    "RunRecord",
     "SampleOverlayFigure",
     "SyncReport",
+    "UltrasoundModel",
     "best_model",
     "config_params",
+    "datalist_lineage",
+    "dataset_input",
     "example_input",
+    "git_commit",
     "is_unreachable",
     "local_store_uri",
     "needs_sync",
@@ -78,6 +97,8 @@ __all__ = [
     "register_model",
     "register_pending",
     "server_answers",
+    "serving_example",
+    "serving_signature",
     "sync_offline_store",
     "write_run_file",
 ]

@@ -21,6 +21,14 @@ person's, on a shared server) never applies. A continued run skips the metric po
 holds (the epochs replayed after the last checkpoint are recorded once) and the params it already
 holds (MLflow params cannot change).
 
+When it opens a run, the handler records what the run is (:mod:`~thyroid_monai.tracking.lineage`):
+its tags and one-line description (a ``run_record``) and its datalist split as an MLflow dataset
+input (``dataset_split``: name, digest of the datalist and its files' hashes, source, split). A
+handler that joins a run already opened (the validator joining its trainer's run, a resumed
+training) adds its split's dataset and leaves the tags to the run's owner. With
+``system_metrics`` it samples CPU, memory, disk, network and (with an NVIDIA GPU) GPU use into
+the run (MLflow's ``system/*`` metrics) until the run closes.
+
 The trainer's handler is :class:`RegisteringMLFlowHandler`, which also registers the best
 checkpoint when training completes (:class:`~thyroid_monai.tracking.registry.ModelRegistration`).
 """
@@ -33,17 +41,26 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 from ignite.engine import Engine
-from mlflow.entities import Param
+from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict
 
+from thyroid_monai.data import Split
 from thyroid_monai.io.files import write_json_atomic
+from thyroid_monai.tracking.lineage import (
+    DESCRIPTION_TAG,
+    RunRecord,
+    datalist_lineage,
+    dataset_input,
+    dataset_inputs,
+)
 from thyroid_monai.tracking.offline import (
     REMOTE_RUN_TAG,
     _write_state,
@@ -51,7 +68,7 @@ from thyroid_monai.tracking.offline import (
     local_store_uri,
     server_answers,
 )
-from thyroid_monai.tracking.registry import ModelRegistration
+from thyroid_monai.tracking.registry import ModelRegistration, quieter
 from thyroid_monai.tracking.sync import sync_offline_store
 
 logger = logging.getLogger(__name__)
@@ -74,6 +91,11 @@ class ResilientMLFlowHandler(MLFlowHandler):
         continue_run: Continue the run named in ``run_file`` (a resumed training; the validator
             joining its trainer's run). Otherwise a new run is started and recorded there, and
             the run it replaces is marked ``KILLED`` if it was left running.
+        run_record: The run's tags and description (set when this handler starts the run).
+        dataset_split: The datalist split the engine reads (``train``, ``validate``, ``test``),
+            logged as a dataset input of the run; ``None`` logs none. Needs ``run_record``.
+        purpose: What the run does, for its description (``training``, ``evaluation``).
+        system_metrics: Sample system metrics into the run while it is open.
         **kwargs: Arguments of ``monai.handlers.MLFlowHandler``.
     """
 
@@ -84,6 +106,10 @@ class ResilientMLFlowHandler(MLFlowHandler):
         replay_on_close: bool = True,
         run_file: str | Path | None = None,
         continue_run: bool = False,
+        run_record: RunRecord | None = None,
+        dataset_split: str | None = None,
+        purpose: str = "training",
+        system_metrics: bool = False,
         **kwargs: Any,
     ):
         for variable, value in HTTP_DEFAULTS.items():
@@ -99,6 +125,12 @@ class ResilientMLFlowHandler(MLFlowHandler):
         # (metric key, step) points and params the continued run already held when it was opened
         self._logged_points: set[tuple[str, int]] = set()
         self._logged_params: dict[str, str] = {}
+        self.run_record = run_record
+        self.dataset_split = dataset_split
+        self.purpose = purpose
+        self.system_metrics = system_metrics
+        self._joined = False  # this handler continued a run opened before (it owns no tags)
+        self._monitor: SystemMetricsMonitor | None = None
 
     def _go_offline(self, reason: BaseException | str) -> None:
         """Switches every further record to the local store, continuing the same run there."""
@@ -119,8 +151,12 @@ class ResilientMLFlowHandler(MLFlowHandler):
         self.experiment = None
         self.cur_run = None
         _write_state(self.fallback_dir, self.remote_uri, pending=True)
+        sampling = self._monitor is not None
+        self._stop_system_metrics(flush=False)  # its points cannot reach the server
         if remote_run_id is not None:
             self.cur_run = self._local_continuation(remote_run_id)
+            if sampling:
+                self._start_system_metrics()  # into the local run from now on
 
     def _local_continuation(self, remote_run_id: str) -> mlflow.entities.Run:
         """The local run that continues a server run during an outage (found or created)."""
@@ -189,6 +225,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
             for metric in self.client.get_metric_history(run_id, key)
         }
         self.cur_run = self.client.get_run(run_id)
+        self._joined = True
         logger.info("continuing MLflow run %s (%s)", run_id, self.client.tracking_uri)
 
     def _end_abandoned(self, recorded: dict[str, Any]) -> None:
@@ -236,11 +273,62 @@ class ResilientMLFlowHandler(MLFlowHandler):
             self.client.log_batch(run_id=self.cur_run.info.run_id, params=batch)
 
     def start(self, engine: Engine) -> None:
-        """Probes the server first; starts or continues the run on it or in the local store."""
+        """Probes the server first; starts or continues the run on it or in the local store.
+
+        Then records what the run is (tags, description, dataset input) and starts sampling
+        system metrics if asked.
+        """
         if not self.offline and not server_answers(self.remote_uri, self.probe_timeout):
             self._go_offline("no answer from its health endpoint")
         self._resilient(self._open_run)
         self._resilient(lambda: super(ResilientMLFlowHandler, self).start(engine))
+        self._resilient(self._describe_run)
+        if self.system_metrics:
+            self._start_system_metrics()
+
+    def _describe_run(self) -> None:
+        """Tags and description (on a run this handler started) and the split's dataset input."""
+        if self.cur_run is None or self.run_record is None:
+            return
+        run_id = self.cur_run.info.run_id
+        if not self._joined:
+            tags = self.run_record.tags()
+            tags[DESCRIPTION_TAG] = self.run_record.description(self.purpose, tags)
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if self.dataset_split is None:
+            return
+        split = cast(Split, self.dataset_split)  # an unknown split is refused by the loader
+        lineage = datalist_lineage(self.run_record.datalist, split, self.run_record.fold)
+        logged = dataset_inputs(self.client.get_run(run_id))
+        if any(
+            logged_input.dataset.digest == lineage.digest
+            and any(tag.value == lineage.context for tag in logged_input.tags)
+            for logged_input in logged
+        ):
+            return  # a resumed run holds it already
+        self.client.log_inputs(run_id, datasets=[dataset_input(lineage)])
+
+    def _start_system_metrics(self) -> None:
+        if self.cur_run is None or self._monitor is not None:
+            return
+        # MLflow announces the monitor's start, stop and the absence of a GPU at INFO level.
+        with quieter("mlflow.system_metrics"):
+            self._monitor = SystemMetricsMonitor(
+                self.cur_run.info.run_id,
+                resume_logging=self._joined,
+                tracking_uri=self.client.tracking_uri,
+            )
+            self._monitor.start()
+
+    def _stop_system_metrics(self, flush: bool = True) -> None:
+        """Stops sampling; ``flush=False`` drops the points not uploaded yet (server gone)."""
+        if self._monitor is None:
+            return
+        if not flush:
+            self._monitor.mlflow_logger.data = []
+        with quieter("mlflow.system_metrics"):
+            self._monitor.finish()
+        self._monitor = None
 
     def epoch_completed(self, engine: Engine) -> None:
         """Logs epoch metrics, locally if the server has gone away."""
@@ -256,6 +344,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
 
     def close(self) -> None:
         """Ends the run; replays the local records if the server answers again."""
+        self._stop_system_metrics()
         self._resilient(super().close)
         if self.offline and self.replay_on_close and server_answers(self.remote_uri):
             try:

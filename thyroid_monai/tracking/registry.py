@@ -1,10 +1,13 @@
 """Logging a trained model to MLflow, registering it, and promoting the champion.
 
-The model is logged with ``mlflow.pytorch`` in the ``pickle`` serialisation with this package as
-code, so ``mlflow.pytorch.load_model`` returns the original ``nn.Module`` (MLflow 3's default
-``pt2`` format would return a traced graph that fixes the batch size). Every logged model becomes
-a new version of a registered model; the alias ``champion`` moves to the new version only when its
-key metric beats the current champion's.
+The model is logged as a ``python_function`` model that MLflow serves as it is
+(``mlflow models serve -m models:/<name>@champion``): an ultrasound image array (and optional
+spacing) in, the nodule mask, the level probabilities and the report out
+(:mod:`~thyroid_monai.tracking.served_model`). It is logged *from code* with the best
+checkpoint's state dict and the run's config as artifacts: loading it unpickles nothing (the
+weights load with ``weights_only=True``); it runs the package source logged with it. Every logged
+model becomes a new version of a registered model; the alias ``champion`` moves to the new
+version only when its key metric beats the current champion's.
 
 In a bundle run, :class:`~thyroid_monai.tracking.handlers.RegisteringMLFlowHandler` (the
 trainer's MLflow handler) registers the best checkpoint through :class:`ModelRegistration` when
@@ -20,23 +23,28 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 import numpy as np
 import torch
 from ignite.engine import Engine
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-from mlflow.types import Schema, TensorSpec
 
 from thyroid_monai.io.files import write_json_atomic
 from thyroid_monai.tracking.offline import SYNCED_TAG, is_unreachable, local_store_uri
+from thyroid_monai.tracking.served_model import (
+    CONFIG_ARTIFACT,
+    MODEL_CODE,
+    WEIGHTS_ARTIFACT,
+    serving_signature,
+)
 
 if TYPE_CHECKING:  # the handler module imports this one
     from thyroid_monai.tracking.handlers import ResilientMLFlowHandler
@@ -45,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # thyroid_monai/, logged as the model's code
 
 
@@ -93,6 +102,30 @@ def _tracking_uri(uri: str | None) -> Iterator[None]:
             os.environ[TRACKING_URI_VARIABLE] = variable
 
 
+@contextlib.contextmanager
+def quieter(logger_name: str) -> Iterator[None]:
+    """Shows only warnings and errors of one logger while the block runs."""
+    chosen = logging.getLogger(logger_name)
+    level = chosen.level
+    chosen.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        chosen.setLevel(level)
+
+
+@contextlib.contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """No artifact download bars while MLflow checks the request example (unless chosen)."""
+    chosen = os.environ.get(PROGRESS_BAR_VARIABLE)
+    os.environ[PROGRESS_BAR_VARIABLE] = chosen or "false"
+    try:
+        yield
+    finally:
+        if chosen is None:
+            os.environ.pop(PROGRESS_BAR_VARIABLE, None)
+
+
 def _requirements() -> list[str]:
     """Pinned requirements of the logged model, stated rather than inferred.
 
@@ -103,39 +136,6 @@ def _requirements() -> list[str]:
 
     torch_version = torch.__version__.split("+")[0]
     return [f"torch=={torch_version}", f"monai=={monai.__version__}", f"numpy=={np.__version__}"]
-
-
-PICKLE_NOTICE = "Saving pytorch model by Pickle"
-"""Start of MLflow's notice that pickled models execute code when loaded. The project logs its
-model pickled on purpose and loads it only with ``--trust-model`` (README, "Running a model");
-checkpoints load weights-only. A user cannot act on the notice, so it is not shown."""
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-@contextlib.contextmanager
-def _without_log_records(logger_name: str, prefix: str) -> Iterator[None]:
-    """Drops one logger's records that start with ``prefix`` while the block runs."""
-    logger, drop = logging.getLogger(logger_name), _DropMessages(prefix)
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
-def _input_signature(example: np.ndarray) -> ModelSignature:
-    # The batch dimension stays free; the output is a dictionary of tensors, which MLflow's tensor
-    # schema cannot describe, so only the input is declared.
-    shape = (-1, *example.shape[1:])
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape, "image")]))
 
 
 def _current_champion(
@@ -175,6 +175,7 @@ def register_model(
     *,
     run_id: str,
     registered_name: str,
+    config_file: str | Path,
     input_example: np.ndarray,
     key_metric: str,
     metric: float | None = None,
@@ -182,17 +183,19 @@ def register_model(
     tracking_uri: str | None = None,
     alias: str = CHAMPION_ALIAS,
 ) -> Registration:
-    """Logs ``model`` to the run, registers a new version and promotes it if it is better.
+    """Logs ``model`` to the run as a servable pyfunc, registers a new version, promotes if better.
 
     The new version is tagged with its key metric. It competes with the champion's tag (for a
     champion registered without one: the last value of the key metric in the champion's run).
 
     Args:
-        model: The trained network (in eval mode it is logged as it is).
+        model: The trained network (its state dict is logged).
         run_id: The MLflow run the model belongs to.
         registered_name: Name in the model registry.
-        input_example: A batch the model accepts, ``(batch, channels, x, y)`` float32; its
-            shape becomes the logged input signature.
+        config_file: The run's bundle config (JSON or YAML), from which the served model rebuilds
+            the network (``network_def``, ``image_size``, ``label_grouping``, ``tirads_scheme``).
+        input_example: A request the served model answers, ``(images, rows, columns)`` gray
+            levels 0-255 (no patient pixels: see :func:`serving_example`).
         key_metric: Metric that ranks versions (for example ``val_mean_dice``).
         metric: The model's value of ``key_metric`` (the best checkpoint's, not the last epoch's);
             ``None`` reads the last value logged in the run.
@@ -206,7 +209,9 @@ def register_model(
     client = mlflow.MlflowClient(tracking_uri)
     if metric is None:
         metric = client.get_run(run_id).data.metrics.get(key_metric)
-    version = _log_and_register(model, run_id, registered_name, input_example, tracking_uri)
+    version = _log_and_register(
+        model, run_id, registered_name, Path(config_file), input_example, tracking_uri
+    )
     champion = _current_champion(client, registered_name, alias)
     previous = str(champion.version) if champion is not None else None
     promoted, reason = _contest(client, champion, key_metric, metric, greater_is_better)
@@ -228,27 +233,35 @@ def _log_and_register(
     model: torch.nn.Module,
     run_id: str,
     registered_name: str,
+    config_file: Path,
     input_example: np.ndarray,
     tracking_uri: str | None,
 ) -> str:
-    """Logs ``model`` to the run with the pytorch flavour; returns the new registered version."""
-    # Only the signature is logged: MLflow would validate an input example by serving it to the
-    # model through the pytorch flavour, which rejects the dictionary the model returns and logs
-    # "Failed to validate serving input example" for a model that loads and runs fine.
-    with (
-        _tracking_uri(tracking_uri),
-        mlflow.start_run(run_id=run_id),
-        _without_log_records("mlflow.pytorch", PICKLE_NOTICE),
-    ):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pickle",
-            code_paths=[str(PACKAGE_DIR)],
-            signature=_input_signature(input_example),
-            registered_model_name=registered_name,
-            pip_requirements=_requirements(),
-        )
+    """Logs the served model (code, weights, config) to the run; returns the new version."""
+    if not config_file.is_file():
+        raise FileNotFoundError(f"the run config {config_file} to log with the model is missing")
+    with tempfile.TemporaryDirectory(prefix="thyroid-model-") as folder:
+        weights = Path(folder) / "model.pt"
+        # tensors only: the served model loads them with weights_only=True
+        state = {k: v.detach().cpu() for k, v in _unwrapped(model).state_dict().items()}
+        torch.save(state, weights)
+        # MLflow validates the request example by loading the model and announces it (INFO)
+        with (
+            _tracking_uri(tracking_uri),
+            mlflow.start_run(run_id=run_id),
+            quieter("mlflow.pyfunc"),
+            _without_progress_bars(),
+        ):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts={WEIGHTS_ARTIFACT: str(weights), CONFIG_ARTIFACT: str(config_file)},
+                code_paths=[str(PACKAGE_DIR)],
+                signature=serving_signature(),
+                input_example=input_example,
+                registered_model_name=registered_name,
+                pip_requirements=_requirements(),
+            )
     return str(info.registered_model_version)
 
 
@@ -303,11 +316,25 @@ def example_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(tuple(shape), dtype=np.float32)
 
 
+def serving_example(input_shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """The logged request example: one random gray image (0-255) of the network's input size.
+
+    Args:
+        input_shape: The network input ``[batch, channels, x, y]``.
+        seed: Seed of the noise (no patient pixels are ever logged).
+
+    Returns:
+        ``(1, rows, columns)`` float32, rows = y and columns = x.
+    """
+    x, y = (int(n) for n in input_shape[-2:])
+    return np.round(example_input((1, y, x), seed) * 255.0)
+
+
 class ModelRegistration:
     """Logs and registers the best checkpoint of a finished training.
 
     :meth:`register` loads the best checkpoint into a copy of the network, logs it with
-    ``mlflow.pytorch`` to the tracking handler's run, registers a new version of
+    a servable pyfunc to the tracking handler's run, registers a new version of
     ``registered_name`` and moves the ``champion`` alias to it only if its key metric (the
     evaluator's best value of its key metric, the one the checkpoint was selected on) beats the
     champion's (:func:`register_model`). ``<record_dir>/registration.json`` records the outcome.
@@ -397,7 +424,8 @@ class ModelRegistration:
                 best_model(self.network, self.checkpoint),
                 run_id=run_id,
                 registered_name=self.registered_name,
-                input_example=example_input(self.input_shape),
+                config_file=self.config_file,
+                input_example=serving_example(self.input_shape),
                 key_metric=name,
                 metric=value,
                 greater_is_better=self.greater_is_better,
@@ -489,7 +517,8 @@ def register_pending(run_dir: str | Path, tracking_uri: str | None = None) -> Re
         best_model(network, pending["checkpoint"]),
         run_id=run_id,
         registered_name=pending["registered_name"],
-        input_example=example_input(pending["input_shape"]),
+        config_file=pending["config_file"],
+        input_example=serving_example(pending["input_shape"]),
         key_metric=pending["key_metric"],
         metric=pending["metric"],
         greater_is_better=pending["greater_is_better"],

@@ -4,6 +4,8 @@
 idempotent: metric points, params and artifacts already on the server are not duplicated, and a
 run that started on the server continues there under its original id (the local run carries the
 server's run id as a tag). Each replayed local run is tagged with the server run it went to.
+Tags (with the run's description and git commit, MLflow's own tags otherwise stay local) and
+dataset inputs are replayed too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from thyroid_monai.tracking.lineage import dataset_inputs
 from thyroid_monai.tracking.offline import (
     REMOTE_RUN_TAG,
     STORE_FILE,
@@ -26,6 +29,10 @@ from thyroid_monai.tracking.offline import (
     local_store_uri,
     recorded_target,
 )
+
+REPLAYED_MLFLOW_TAGS = frozenset({"mlflow.note.content", "mlflow.source.git.commit"})
+"""MLflow's own tags that a replay copies: the run's description and code version (the others,
+such as the user and the source file, describe the local process)."""
 
 
 @dataclass
@@ -93,7 +100,7 @@ def _copy_run(
     tags = [
         RunTag(key, value)
         for key, value in local.data.tags.items()
-        if not key.startswith("mlflow.") and key != REMOTE_RUN_TAG
+        if (not key.startswith("mlflow.") or key in REPLAYED_MLFLOW_TAGS) and key != REMOTE_RUN_TAG
     ]
     for start in range(0, max(len(metrics), 1), 1000):
         chunk = metrics[start : start + 1000]
@@ -103,6 +110,7 @@ def _copy_run(
             params=params if start == 0 else [],
             tags=tags if start == 0 else [],
         )
+    _copy_dataset_inputs(local, remote, remote_client)
     with tempfile.TemporaryDirectory() as folder:
         if local_client.list_artifacts(run_id):
             downloaded = Path(local_client.download_artifacts(run_id, "", folder))
@@ -113,6 +121,21 @@ def _copy_run(
     report.metrics += len(metrics)
     report.params += len(params)
     report.runs.append(remote_run_id)
+
+
+def _copy_dataset_inputs(
+    local: mlflow.entities.Run, remote: mlflow.entities.Run, remote_client: mlflow.MlflowClient
+) -> None:
+    """The local run's dataset inputs the server run lacks (same digest and tags: same input)."""
+
+    def identity(entry: mlflow.entities.DatasetInput) -> tuple[str, str, tuple[str, ...]]:
+        tags = tuple(sorted(f"{tag.key}={tag.value}" for tag in entry.tags))
+        return entry.dataset.name, entry.dataset.digest, tags
+
+    present = {identity(entry) for entry in dataset_inputs(remote)}
+    missing = [entry for entry in dataset_inputs(local) if identity(entry) not in present]
+    if missing:
+        remote_client.log_inputs(remote.info.run_id, datasets=missing)
 
 
 def _history(client: mlflow.MlflowClient, run_id: str, key: str) -> list[Metric]:

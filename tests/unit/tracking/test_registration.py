@@ -5,12 +5,12 @@ import logging
 import os
 
 import mlflow
-import mlflow.pytorch
 import pytest
 import torch
 from ignite.engine import Engine
 
 from thyroid_monai.cli import main
+from thyroid_monai.inference import load_model
 from thyroid_monai.networks import MultitaskUNet
 from thyroid_monai.tracking import (
     PENDING_FILE,
@@ -23,6 +23,8 @@ from thyroid_monai.tracking import (
 
 NETWORK = {"_target_": "thyroid_monai.networks.MultitaskUNet", "num_classes": 3,
            "backbone": "resnet10"}  # fmt: skip
+# what the served model needs besides the network: its input size and level classes
+RUN_SETTINGS = {"image_size": [64, 64], "label_grouping": "risk3", "tirads_scheme": "acr"}
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +43,7 @@ def training(tmp_path, tracking_uri, dice=0.6):
         next(network.parameters()).add_(1.0)
     (run_dir / "eval").mkdir()
     config_file = run_dir / "eval" / "config.json"
-    config_file.write_text(json.dumps({"network_def": NETWORK}), encoding="utf-8")
+    config_file.write_text(json.dumps({"network_def": NETWORK, **RUN_SETTINGS}), encoding="utf-8")
     evaluator = Engine(lambda engine, batch: None)
     evaluator.state.key_metric_name = "val_mean_dice"
     evaluator.state.best_metric = dice
@@ -74,7 +76,7 @@ def test_the_best_checkpoint_is_registered_in_the_run_at_completion(tmp_path, mo
     assert version.run_id == record["run_id"]
     assert client.get_run(record["run_id"]).info.status == "FINISHED"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test
-    loaded = mlflow.pytorch.load_model("models:/thyroid@champion")
+    loaded = load_model("models:/thyroid@champion", trust=True).network
     saved = torch.load(run_dir / "models" / "model.pt", weights_only=True)
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, saved[name]), name
