@@ -68,16 +68,18 @@ ALWAYS_ACTIVE = {"tau": -1.0}
 RLAR_CONFIGS: dict[str, dict[str, Any]] = {
     "rlar": {},
     "rlar_active": ALWAYS_ACTIVE,
+    "rlar_every1": {**ALWAYS_ACTIVE, "every": 1},
     "rlar_every2": {**ALWAYS_ACTIVE, "every": 2},
-    "rlar_every4": {**ALWAYS_ACTIVE, "every": 4},
-    "rlar_detach_seg": {**ALWAYS_ACTIVE, "detach": keys.SEG},
-    "rlar_detach_cls": {**ALWAYS_ACTIVE, "detach": keys.CLS},
+    "rlar_detach_seg": {**ALWAYS_ACTIVE, "every": 1, "detach": keys.SEG},
+    "rlar_detach_cls": {**ALWAYS_ACTIVE, "every": 1, "detach": keys.CLS},
 }
 """RLAR variants (options of :class:`RLAR` over its defaults, no warm-up), on the weighted sum.
 
 ``rlar`` keeps the default margin, so its cost depends on the batch: the second-order pass runs
 only on steps where some sample's cosine exceeds tau (``active_step_share`` in the results). The
-others use tau = -1, which makes every step pay for it: the worst case."""
+others use tau = -1, which makes every applied step pay for it: the worst case. ``rlar_active``
+is the default schedule (the penalty on every 4th step), ``rlar_every1`` / ``rlar_every2`` apply
+it on every / every 2nd step, and the detached variants every step."""
 
 
 REPRESENTATION = "_representation"
