@@ -30,9 +30,10 @@ def read_csv(path):
 def test_accuracy_trains_through_the_bundle_and_pairs_rlar_with_sum(benchmarks, tmp_path):
     accuracy = benchmarks[0]
     out = tmp_path / "results"
-    # two runs at once, each in its own process; RLAR starts after its 1-epoch warm-up
+    # two runs at once, each in its own process; RLAR starts after its 1-epoch warm-up and applies
+    # its penalty every 4th iteration (2 a epoch here): 3 epochs reach iteration 5
     accuracy.main(["--quick", "--methods", "sum", "rlar", "--variability", "strong", "--seeds",
-                   "0", "--epochs", "2", "--images", "30", "--work", str(tmp_path / "work"),
+                   "0", "--epochs", "3", "--images", "30", "--work", str(tmp_path / "work"),
                    "--out", str(out), "--name", "toy", "--jobs", "2"])  # fmt: skip
     runs = read_csv(out / "toy_runs.csv")
     assert {(r["method"], r["fold"]) for r in runs} == {
