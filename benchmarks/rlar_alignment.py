@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events
@@ -42,11 +41,10 @@ from thyroid_monai.mtl import build_gradient_method
 from thyroid_monai.mtl.alignment import ALIGNMENT_PREFIX
 from thyroid_monai.mtl.rlar import RLAR, LatentChoice
 from thyroid_monai.networks import MultitaskUNet
-from thyroid_monai.synthetic import Phantom, PhantomConfig, RenderSettings
 from thyroid_monai.tasks import TaskSet
-from thyroid_monai.tirads import get_grouping
 
 from machine import describe_machine
+from step_cost import phantom_batch
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS: dict[str, dict[str, Any] | None] = {
@@ -78,17 +76,17 @@ class ShuffledBatches:
             yield {key: value[rows] for key, value in self.data.items()}
 
 
-def phantom_data(images: int, size: int, seed: int) -> dict[str, torch.Tensor]:
-    """Phantom images rendered at 128 px and resized to ``size``, masks and true levels."""
-    config = PhantomConfig(seed=seed, render=RenderSettings(height=128, width=128))
-    cases = list(Phantom(config).cases(images))
-    grouping = get_grouping("acr5")
-    image = torch.as_tensor(np.stack([c.image.T[None] for c in cases]).astype(np.float32) / 255)
-    mask = torch.as_tensor(np.stack([c.consensus.T[None] for c in cases]).astype(np.float32))
+def phantom_data(images: int, size: int) -> dict[str, torch.Tensor]:
+    """Phantom images rendered at 128 px (step_cost's batch) and resized to ``size``."""
+    batch = phantom_batch(images, 128, num_classes=5)
     return {
-        keys.IMAGE: F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False),
-        keys.LABEL: (F.interpolate(mask, size=(size, size), mode="nearest") > 0.5).float(),
-        keys.TIRADS: torch.as_tensor([grouping.index(c.majority) for c in cases]),
+        keys.IMAGE: F.interpolate(
+            batch[keys.IMAGE], size=(size, size), mode="bilinear", align_corners=False
+        ),
+        keys.LABEL: (
+            F.interpolate(batch[keys.LABEL], size=(size, size), mode="nearest") > 0.5
+        ).float(),
+        keys.TIRADS: batch[keys.TIRADS],
     }
 
 
@@ -198,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    data = phantom_data(args.images, args.size, args.seed)
+    data = phantom_data(args.images, args.size)
     histories, trained = {}, {}
     for name in args.configs:
         trained[name], histories[name] = train(name, data, args)

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from integration_helpers import wait_for_http
 
 
 def free_port() -> int:
@@ -38,20 +38,6 @@ def postgres_bin() -> Path | None:
 def _as_postgres_user(command: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root; under root (CI) drop to the "postgres" account.
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-def _wait_for_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +105,7 @@ class MlflowServer:
             self.process = subprocess.Popen(
                 command, stdout=sink, stderr=subprocess.STDOUT, env=environment
             )
-        _wait_for_http(f"{self.uri}/health", self.process, timeout=timeout, log=log)
+        wait_for_http(f"{self.uri}/health", self.process, timeout=timeout, log=log)
         return self
 
     def stop(self) -> None:

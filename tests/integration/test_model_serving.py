@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from integration_helpers import wait_for_http
 
 from data_prep.phantom import write_phantom_dataset
 from thyroid_monai.inference import InferenceSettings, InputImage, load_model, predict_report
@@ -22,21 +23,6 @@ from thyroid_monai.tirads import get_grouping
 from thyroid_monai.workflows import run_bundle, sqlite_uri
 
 NAME = "thyroid_us_multitask"
-
-
-def wait_until_serving(url: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited with {server.returncode}:\n"
-                               f"{log.read_text()}")  # fmt: skip
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s:\n{log.read_text()}")
 
 
 def port_is_free(port: int) -> bool:
@@ -92,7 +78,7 @@ def test_mlflow_serves_the_champion_over_http(tmp_path, loopback_port):
                                   start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{loopback_port}"
     try:
-        wait_until_serving(f"{base}/ping", server, log, timeout=180)
+        wait_for_http(f"{base}/ping", server, timeout=180, log=log)
         body = {"inputs": image[None].tolist(), "params": {"spacing_mm": [0.1, 0.12]}}
         answer = post_json(f"{base}/invocations", body)["predictions"]
     finally:

@@ -1,23 +1,13 @@
 """The RLAR alignment benchmark trains with and without the penalty and records what RLAR sees."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "rlar_alignment.py"
-
-
-def load_benchmark():
-    sys.path.insert(0, str(SCRIPT.parent))  # the scripts import benchmarks/machine.py
-    spec = importlib.util.spec_from_file_location("rlar_alignment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from integration_helpers import load_benchmark
 
 
 def test_a_small_run_records_cosine_quantiles_per_epoch_and_the_penalty(tmp_path: Path):
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("rlar_alignment")
     benchmark.main(["--images", "16", "--size", "32", "--epochs", "2", "--every", "1",
                     "--rlar-warmup", "0", "--configs", "sum", "rlar", "--ratios",
                     "--out", str(tmp_path)])  # fmt: skip

@@ -1,25 +1,14 @@
 """The step-cost benchmark runs end to end and covers every registered gradient method."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+
+from integration_helpers import load_benchmark
 
 from thyroid_monai.mtl import GRADIENT_METHODS
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "step_cost.py"
-
-
-def load_benchmark():
-    sys.path.insert(0, str(SCRIPT.parent))  # the scripts import benchmarks/machine.py
-    spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_every_registered_method_and_the_rlar_variants_are_timed_by_default():
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("step_cost")
     names = benchmark.configurations(None)
     assert set(GRADIENT_METHODS) <= set(names)
     assert {"rlar", "rlar_every2", "rlar_detach_seg"} <= set(names)
@@ -27,7 +16,7 @@ def test_every_registered_method_and_the_rlar_variants_are_timed_by_default():
 
 
 def test_quick_run_writes_ratios_settings_and_machine(tmp_path):
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("step_cost")
     out = tmp_path / "step_cost.json"
     benchmark.main(["--quick", "--methods", "rlar_every2", "--repeats", "1", "--warmup", "0",
                     "--threads", "1", "--out", str(out)])  # fmt: skip
@@ -42,7 +31,7 @@ def test_quick_run_writes_ratios_settings_and_machine(tmp_path):
 
 
 def test_floors_and_representation_level_methods_are_timed_with_their_phases(tmp_path):
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("step_cost")
     names = benchmark.configurations(None)
     assert {"floor", "floor_representation", "floor_batched", "camegrad_representation"} <= set(
         names

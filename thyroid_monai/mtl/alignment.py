@@ -8,11 +8,11 @@ without the penalty, with RLAR's own code (its latents and per-sample gradients)
 without RLAR shows what the penalty would see and a run with RLAR shows whether it moves it.
 
 Every ``every``-th iteration, before the backward pass, the monitor takes the two tasks' per-sample
-latent gradients (first order, no graph kept: two backward passes to the latent) at each latent
-choice and keeps the cosines. At the end of each epoch it writes their quantiles into the
-trainer's metrics, ``align_<latent>_p05 ... _p95``, the mean cosine, the mean ``|c|`` and the
-share above the monitored margin, which MLflow records per epoch and
-:class:`~thyroid_monai.tracking.GradientDiagnosticsFigure` draws as bands.
+latent gradients (first order, no graph kept: two backward passes to the deepest map, shared by
+``deepest`` and ``pooled``) and keeps each latent choice's cosines. At the end of each epoch it
+writes their quantiles into the trainer's metrics, ``align_<latent>_p05 ... _p95``, the mean
+cosine, the mean ``|c|`` and the share above the monitored margin, which MLflow records per epoch
+and :class:`~thyroid_monai.tracking.GradientDiagnosticsFigure` draws as bands.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from thyroid_monai import keys
-from thyroid_monai.mtl.rlar import RLAR, LatentChoice
+from thyroid_monai.mtl.rlar import RLAR, LatentChoice, rlar_penalty
 
 ALIGNMENT_PREFIX = "align_"
 """Metric-name prefix of the monitor's epoch statistics (after the trainer's ``train_``)."""
@@ -56,6 +56,7 @@ class AlignmentMonitor:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every = int(every)
         self.tau = float(tau)
+        self.tasks: tuple[str, str] = (tasks[0], tasks[1])
         self.probes: dict[str, RLAR] = {
             latent: RLAR(latent=latent, tasks=tasks, tau=tau) for latent in latents
         }
@@ -70,22 +71,28 @@ class AlignmentMonitor:
     ) -> dict[str, np.ndarray]:
         """Records (and returns) this batch's per-sample cosines at every latent choice.
 
-        The graph of ``losses`` is kept for the step's own backward pass.
+        Latent choices on the same tensors (``deepest`` and ``pooled`` both read the deepest map)
+        share one backward pass per task. The graph of ``losses`` is kept for the step's own
+        backward pass.
         """
-        missing = [task for task in next(iter(self.probes.values())).tasks if task not in losses]
-        if missing:
+        task_a, task_b = self.tasks
+        if task_a not in losses or task_b not in losses:
             return {}
+        gradients: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         measured: dict[str, np.ndarray] = {}
         for latent, probe in self.probes.items():
-            task_a, task_b = probe.tasks
             maps = probe.latents(outputs)
-            grads_a = probe.latent_gradients(losses[task_a], maps, create_graph=False)
-            grads_b = probe.latent_gradients(losses[task_b], maps, create_graph=False)
+            key = tuple(id(m) for m in maps)
+            if key not in gradients:
+                unpooled = RLAR(latent="deepest", tasks=self.tasks)
+                gradients[key] = (
+                    unpooled.latent_gradients(losses[task_a], maps, create_graph=False),
+                    unpooled.latent_gradients(losses[task_b], maps, create_graph=False),
+                )
+            grads_a, grads_b = (probe.shaped(g) for g in gradients[key])
             cosines = torch.stack(
                 [
-                    torch.nn.functional.cosine_similarity(
-                        a.flatten(1), b.flatten(1), dim=1, eps=probe.eps
-                    )
+                    rlar_penalty(a, b, tau=self.tau, eps=probe.eps)[1]
                     for a, b in zip(grads_a, grads_b, strict=True)
                 ]
             ).mean(dim=0)

@@ -235,9 +235,13 @@ class RLAR:
         result = [
             torch.zeros_like(m) if g is None else g for g, m in zip(grads, latents, strict=True)
         ]
-        if self.latent == "pooled":
-            result = [g.mean(dim=tuple(range(2, g.ndim))) if g.ndim > 2 else g for g in result]
-        return result
+        return self.shaped(result)
+
+    def shaped(self, gradients: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Latent gradients as this latent choice compares them (averaged over space if pooled)."""
+        if self.latent != "pooled":
+            return list(gradients)
+        return [g.mean(dim=tuple(range(2, g.ndim))) if g.ndim > 2 else g for g in gradients]
 
     def penalty(
         self, losses: Mapping[str, torch.Tensor], outputs: Mapping[str, Any]
