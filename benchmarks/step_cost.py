@@ -6,8 +6,13 @@ regulariser, gradient method, optimiser step). The configurations are every name
 ``thyroid_monai.mtl.GRADIENT_METHODS`` (so methods added later appear by themselves) plus RLAR
 variants on top of the weighted sum. Steps are timed round-robin (one step of each configuration
 per round) so that load changes on a shared machine hit all of them alike; a configuration that
-applies its penalty every k steps is timed over k consecutive steps. The figure is the median step
-time as a ratio to ``sum`` measured in the same run, by wall clock and by process CPU time.
+applies its penalty every k steps is timed over k consecutive steps. Each timed block is preceded
+by untimed steps of the same configuration (``--settle``, 1 by default), so that it finds memory
+as a training run that repeats this configuration leaves it: without them a step's time depended
+on the configuration before it (``sum`` right after a configuration with a larger memory peak was
+faster than after itself, and the first per-task-gradient method after ``sum`` 5-6% slower than
+the same method later in the round). The figure is the median step time as a ratio to ``sum``
+measured in the same run, by wall clock and by process CPU time.
 
 Every method that takes per-task gradients is also timed at the representation
 (``<name>_representation``: ``aggregate_at="representation"``). The floor is the cost of the
@@ -245,6 +250,20 @@ def timed(step: Callable[[], None], count: int, device: torch.device = CPU) -> t
     return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
+def settle(step: Callable[[], None], trainer: MultitaskTrainer, count: int) -> None:
+    """Runs ``count`` untimed steps of a configuration, their phases not recorded.
+
+    The timed steps then find the allocator and caches as a training run of this configuration
+    leaves them.
+    """
+    timer, trainer.gradient_method.timer = trainer.gradient_method.timer, None
+    try:
+        for _ in range(count):
+            step()
+    finally:
+        trainer.gradient_method.timer = timer
+
+
 def rlar_breakdown(
     model: MultitaskUNet, batch: dict[str, torch.Tensor], repeats: int, device: torch.device
 ) -> dict[str, float]:
@@ -301,6 +320,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decoder-norm", default="group")
     parser.add_argument("--repeats", type=int, help="timed rounds (12, quick 3)")
     parser.add_argument("--warmup", type=int, help="untimed rounds first (2, quick 1)")
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="untimed steps of a configuration before each of its timed blocks (1)",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -347,11 +372,11 @@ def time_steps(
     active: dict[str, list[bool]] = {name: [] for name in trainers}
     peak_memory.update({name: [] for name in trainers})
 
-    def step(name: str, trainer: MultitaskTrainer) -> Callable[[], None]:
+    def step(name: str, trainer: MultitaskTrainer, record: bool = True) -> Callable[[], None]:
         def run() -> None:
             trainer.state.iteration += 1
             output = trainer._iteration(trainer, batch)
-            if trainer.regulariser is not None:
+            if record and trainer.regulariser is not None:
                 active[name].append(output[0].get("rlar_penalty", 0.0) > 0)
 
         return run
@@ -363,9 +388,10 @@ def time_steps(
             for trainer in trainers.values():
                 trainer.gradient_method.timer = PhaseTimer(lambda: synchronize(device))
         for name, trainer in trainers.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
             try:
+                settle(step(name, trainer, record=False), trainer, args.settle)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 seconds = timed(step(name, trainer), cycle[name], device)
             except Exception as error:
                 errors[name] = f"{type(error).__name__}: {error}"
@@ -522,6 +548,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": str(device),
             "repeats": args.repeats,
             "warmup": args.warmup,
+            "settle": args.settle,
             "rlar_defaults": repr(RLAR(warmup_epochs=0)),
             "rlar_configs": RLAR_CONFIGS,
         },
