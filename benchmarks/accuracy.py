@@ -52,7 +52,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from thyroid_monai.synthetic import PhantomConfig
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -186,24 +189,29 @@ class RunScores:
     """The training's MLflow tags (:class:`thyroid_monai.tracking.RunRecord`)."""
 
 
+def phantom_config(variability: str, settings: Settings) -> PhantomConfig:
+    """The phantom that :func:`dataset` renders (the level ceilings sample the same one)."""
+    from thyroid_monai.synthetic import PhantomConfig, RenderSettings
+
+    return PhantomConfig(
+        seed=0,
+        readers=settings.readers,
+        variability=variability,
+        render=RenderSettings(height=settings.render_size, width=settings.render_size),
+    )
+
+
 def dataset(root: Path, variability: str, settings: Settings, radiomics: bool) -> Path:
     """Writes (once) the phantom dataset of one variability preset; returns its folder."""
     from data_prep.phantom import write_phantom_dataset
-    from thyroid_monai.synthetic import PhantomConfig, RenderSettings
 
     folder = root / f"data_{variability}"
     datalist = folder / "datalist.json"
     if not datalist.is_file():
-        config = PhantomConfig(
-            seed=0,
-            readers=settings.readers,
-            variability=variability,
-            render=RenderSettings(height=settings.render_size, width=settings.render_size),
-        )
         write_phantom_dataset(
             folder,
             settings.images,
-            config,
+            phantom_config(variability, settings),
             folds=settings.folds,
             test_fraction=settings.test_fraction,
             progress=False,
