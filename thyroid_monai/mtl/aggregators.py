@@ -3,15 +3,16 @@
 Each class builds one torchjd aggregator and applies its weighting to the Gram matrix of the task
 gradients that :class:`~thyroid_monai.mtl.base.GradientAggregator` computed; nothing of the
 aggregation itself is written here, with one exception: Nash-MTL solves its bargaining equation
-with its own exact Newton solver by default (:func:`nash_bargaining_weights`; torchjd's
-sequence of convex problems stays as ``solver: ccp``), because torchjd's does not converge on
-the small gradients of the representation and costs up to 11% of a step. Every aggregator used here is a torchjd ``WeightedAggregator``
-(the direction is ``weights @ matrix``): the Gramian-weighted ones read ``G G^T`` by definition,
-and Nash-MTL's weighting reads the matrix only through ``G G^T`` and ``||weights @ G||`` (torchjd
-0.18), so it is handed a ``[tasks, tasks]`` factor ``F`` with ``F F^T = G G^T``: no step builds
-the ``[tasks, params]`` matrix. The task weights scale each task's gradient row before
-aggregation (they weight the losses). torchjd and its solvers (cvxpy, clarabel, ecos, qpsolvers,
-quadprog) come with the ``mtl`` extra: ``pip install 'thyroid-monai[mtl]'``.
+with its own exact Newton solver by default (:func:`nash_bargaining_weights`; torchjd's sequence
+of convex problems stays as ``solver: ccp``), because torchjd's does not converge on the small
+gradients of the representation and took up to 11% of a step there. Every aggregator used here
+is a torchjd ``WeightedAggregator`` (the direction is ``weights @ matrix``): the Gramian-weighted
+ones read ``G G^T`` by definition, and Nash-MTL's weighting reads the matrix only through
+``G G^T`` and ``||weights @ G||`` (torchjd 0.18), so it is handed a ``[tasks, tasks]`` factor
+``F`` with ``F F^T = G G^T``: no step builds the ``[tasks, params]`` matrix. The task weights
+scale each task's gradient row before aggregation (they weight the losses). torchjd and its
+solvers (cvxpy, clarabel, ecos, qpsolvers, quadprog) come with the ``mtl`` extra:
+``pip install 'thyroid-monai[mtl]'``.
 """
 
 from __future__ import annotations
