@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from machine import describe_machine
+from machine import describe_machine, write_result
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "cpu_memory.json"
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"rounds": args.rounds, "repeats": args.repeats, "quick": args.quick},
         "machine": describe_machine(torch_threads=args.threads, torch=torch.__version__),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return result
 
 

@@ -15,7 +15,6 @@ run. Writes ``benchmarks/results/inference_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from monai.networks.nets import FlexibleUNet
 
 from thyroid_monai.networks import MultitaskUNet
 
-from machine import describe_machine
+from machine import describe_machine, write_result
 
 RESULTS = Path(__file__).parent / "results" / "inference_speed.json"
 BATCHES = (1, 16)
@@ -121,9 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch=torch.__version__,
         ),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(args.out, report)
     return report
 
 

@@ -6,9 +6,11 @@ puts ``benchmarks/`` first on the import path).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -37,3 +39,11 @@ def describe_machine(**details: object) -> dict[str, object]:
         "load_average_1min": round(os.getloadavg()[0], 2),
         **details,
     }
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Writes a benchmark's result as indented JSON (creating its folder) and prints it."""
+    text = json.dumps(result, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    print(text)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -63,7 +62,7 @@ from thyroid_monai.synthetic import Phantom, PhantomConfig, RenderSettings
 from thyroid_monai.tasks import TaskSet
 from thyroid_monai.tirads import get_grouping
 
-from machine import describe_machine
+from machine import describe_machine, write_result
 
 RESULTS = Path(__file__).parent / "results" / "step_cost.json"
 REFERENCE = "sum"
@@ -570,9 +569,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return result
 
 

@@ -11,7 +11,6 @@ must pay. The ratio to that floor is what to compare across machines.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -33,7 +32,7 @@ from thyroid_monai.synthetic.descriptors import (  # noqa: E402
 )
 from thyroid_monai.synthetic.render import RenderSettings, _speckle, render_image  # noqa: E402
 
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, write_result  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "synth_speed.json"
 
@@ -97,9 +96,7 @@ def main() -> None:
         "ratio_to_speckle_floor": {k: round(floor / v, 2) for k, v in stages.items()},
         "machine": describe_machine(numpy=np.__version__, threads=os.environ["OMP_NUM_THREADS"]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

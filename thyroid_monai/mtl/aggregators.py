@@ -311,10 +311,14 @@ class NashMTL(TorchJDMethod):
         if self.solver == "ccp":
             return super().coefficients(gram, weights, epoch)
         weighted = (weights[:, None] * gram * weights[None, :]).to(torch.float64)
-        if self._solved is None or self._steps % self.update_weights_every == 0:
-            self._solved = nash_bargaining_weights(weighted)
-        self._steps += 1
         alpha = self._solved
+        if (
+            alpha is None
+            or alpha.shape[0] != gram.shape[0]
+            or self._steps % self.update_weights_every == 0
+        ):
+            alpha = self._solved = nash_bargaining_weights(weighted)
+        self._steps += 1
         if self.max_norm > 0:
             norm = float(alpha @ weighted @ alpha) ** 0.5
             if norm > self.max_norm:
