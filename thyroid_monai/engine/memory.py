@@ -3,12 +3,13 @@
 A training step on the CPU allocates and frees the same large activation and gradient buffers
 every step. With glibc's defaults, buffers over the dynamic mmap threshold are mapped afresh and
 unmapped on every allocation, and the top of the heap is returned to the system above 128 KiB, so
-each step page-faults its whole working set in again: a third of the process's time was system
-time in ``benchmarks/step_cost.py``. Raising the mmap threshold to its maximum (32 MiB), the trim
-threshold to 2 GiB and the top pad to 1 GiB keeps the pages mapped between steps, as PyTorch's
-CUDA caching allocator does on a GPU; the process then holds its peak heap until it exits.
+each step page-faults its whole working set in again: a quarter of the process's time was
+system time in ``benchmarks/step_cost.py``. Raising the mmap threshold to its maximum (32 MiB),
+the trim threshold to 2 GiB and the top pad to 1 GiB keeps the pages mapped between steps, as
+PyTorch's CUDA caching allocator does on a GPU; the process then holds its peak heap until it
+exits.
 ``benchmarks/cpu_memory.py`` measures the effect (resnet18, 256 px, batch 8, 2 threads: the
-weighted-sum step 1.29 -> 0.97 s).
+weighted-sum step 1.26 -> 0.97 s).
 """
 
 from __future__ import annotations
