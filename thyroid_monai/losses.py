@@ -16,7 +16,13 @@ its batch (regularisers built on per-sample gradients rely on that). Targets may
 * **level** (``cls``): cross-entropy with optional label smoothing and class weights
   (``level_loss="ce"``), or the CORAL loss on cumulative logits (``level_loss="coral"``: mean
   binary cross-entropy of "level above k" over the K-1 thresholds; needs an ordinal level head).
-  Targets are class indices ``(B,)`` or class distributions ``(B, C)`` (soft labels).
+  Targets are class indices ``(B,)`` or class distributions ``(B, C)`` (soft labels). With
+  ``level_ordinal_weight`` > 0 the cross-entropy gains an ordinal term: the expected squared
+  level distance under the predicted distribution, ``sum_k p_k (k - y)^2 / (K - 1)^2``
+  (:func:`expected_squared_distance`). The cross-entropy treats TR1-for-TR5 like TR4-for-TR5;
+  the kappa the benchmark reports (and a clinician) punishes it 16 times more, and the term puts
+  a price on the mass a prediction leaves on far levels while keeping the softmax head and its
+  argmax (the ordinal CORAL heads, measured, lose TR4 at this schedule: ``docs/level.md``).
 * **radiomics** (``rad``): MSE or SmoothL1 between the predicted and the target vector, averaged
   over the entries that are known; missing entries are ``NaN`` and contribute nothing.
 * **descriptors** (``desc_<category>``): cross-entropy per categorical descriptor (index ``-1`` or
@@ -87,6 +93,39 @@ def soft_or_hard_cross_entropy(
     )
 
 
+def expected_squared_distance(
+    log_probabilities: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean expected squared level distance ``sum_k p_k (k - y)^2 / (K - 1)^2`` over known samples.
+
+    The papers are silent on an ordinal term; this one (the quadratic-kappa weight, in
+    expectation under the predicted distribution) is ours. It is 0 for a certain and right
+    prediction and 1 for a certain prediction at the far end of the scale.
+
+    Args:
+        log_probabilities: ``(B, K)`` log-probabilities (or logits: they are normalised).
+        target: Class indices ``(B,)`` (``-1``: unknown) or distributions ``(B, K)`` (a row with
+            ``NaN``: unknown); for a distribution the distance is averaged over it.
+        label_smoothing: Applied to the target distribution, as for the cross-entropy.
+
+    Returns:
+        The mean over known samples, or an attached zero if none is known.
+    """
+    num_classes = log_probabilities.shape[1]
+    if target.is_floating_point() and target.ndim == 2:
+        known = ~torch.isnan(target).any(dim=1)
+    else:
+        known = target.long().view(-1) >= 0
+    if not bool(known.any()) or num_classes < 2:
+        return _zero_like_output(log_probabilities)
+    probabilities = torch.softmax(log_probabilities[known], dim=1)
+    distribution = _as_distribution(target[known], num_classes, label_smoothing)
+    levels = torch.arange(num_classes, device=probabilities.device, dtype=probabilities.dtype)
+    squared = (levels[:, None] - levels[None, :]) ** 2 / float((num_classes - 1) ** 2)
+    # (B, K) predicted x (K, K) distance x (B, K) target, summed: E_pred E_target (k - y)^2
+    return torch.einsum("bk,kj,bj->b", probabilities, squared, distribution).mean()
+
+
 def _as_distribution(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """Class distributions ``(B, C)`` from indices or distributions, with label smoothing."""
     if not (target.is_floating_point() and target.ndim == 2):
@@ -155,6 +194,9 @@ class MultitaskLoss(nn.Module):
         route_consistency: With both level routes (``level_from: both``): weight of the
             Jensen-Shannon divergence between them; the level loss is then the mean of the two
             routes' cross-entropies plus this term.
+        level_ordinal_weight: Weight of the expected squared level distance added to the level
+            cross-entropy (``level_loss="ce"``; each route's with ``level_from: both``); 0
+            leaves the plain cross-entropy (see the module docstring).
 
     Raises:
         ValueError: For an unknown option, a smoothing outside ``[0, 1)``, or class weights with
@@ -173,8 +215,14 @@ class MultitaskLoss(nn.Module):
         smooth_l1_beta: float = 1.0,
         descriptor_label_smoothing: float = 0.0,
         route_consistency: float = 0.1,
+        level_ordinal_weight: float = 0.0,
     ):
         super().__init__()
+        if level_ordinal_weight < 0:
+            raise ValueError(f"level_ordinal_weight must be >= 0, got {level_ordinal_weight}")
+        if level_ordinal_weight and level_loss != "ce":
+            raise ValueError("level_ordinal_weight applies to level_loss='ce' only")
+        self.level_ordinal_weight = level_ordinal_weight
         if route_consistency < 0:
             raise ValueError(f"route_consistency must be >= 0, got {route_consistency}")
         self.route_consistency = route_consistency
@@ -219,6 +267,7 @@ class MultitaskLoss(nn.Module):
             "smooth_l1_beta": self.smooth_l1_beta,
             "descriptor_label_smoothing": self.descriptor_label_smoothing,
             "route_consistency": self.route_consistency,
+            "level_ordinal_weight": self.level_ordinal_weight,
         }
 
     def mask_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -253,9 +302,20 @@ class MultitaskLoss(nn.Module):
         weights = None if self.class_weights is None else self.class_weights.to(logits.device)
         if keys.CLS_DIRECT in outputs and keys.CLS_ACR in outputs:
             return self._both_routes(outputs, target, weights)
-        return soft_or_hard_cross_entropy(
+        return self._level_ce(logits, target, weights)
+
+    def _level_ce(
+        self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The level cross-entropy, plus the ordinal term when it has a weight."""
+        loss = soft_or_hard_cross_entropy(
             logits, target, weight=weights, label_smoothing=self.label_smoothing
         )
+        if self.level_ordinal_weight:
+            loss = loss + self.level_ordinal_weight * expected_squared_distance(
+                logits, target, label_smoothing=self.label_smoothing
+            )
+        return loss
 
     def _both_routes(
         self,
@@ -269,12 +329,7 @@ class MultitaskLoss(nn.Module):
         (symmetric, bounded by log 2), weighted by ``route_consistency``.
         """
         direct, acr = outputs[keys.CLS_DIRECT], outputs[keys.CLS_ACR]
-        routes = sum(
-            soft_or_hard_cross_entropy(
-                log_probs, target, weight=weights, label_smoothing=self.label_smoothing
-            )
-            for log_probs in (direct, acr)
-        )
+        routes = sum(self._level_ce(log_probs, target, weights) for log_probs in (direct, acr))
         mixture = outputs[keys.CLS]  # the network's mixture of the two routes
         divergence = 0.5 * (
             F.kl_div(mixture, direct, log_target=True, reduction="batchmean")

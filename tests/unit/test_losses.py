@@ -9,6 +9,7 @@ from thyroid_monai import keys
 from thyroid_monai.losses import (
     MultitaskLoss,
     coral_loss,
+    expected_squared_distance,
     masked_binary_cross_entropy,
     masked_regression,
     soft_or_hard_cross_entropy,
@@ -189,3 +190,44 @@ def test_both_level_routes_are_trained_and_pulled_together():
         MultitaskLoss(route_consistency=0.0).level(agreeing, target),
         atol=1e-6,
     )
+
+
+def test_ordinal_term_is_the_expected_squared_level_distance():
+    # a certain, right prediction costs nothing; a certain prediction at the far end costs 1
+    certain = torch.full((2, 5), -30.0)
+    certain[0, 2] = certain[1, 4] = 30.0
+    distance = expected_squared_distance(certain, torch.tensor([2, 0]))
+    assert distance.item() == pytest.approx(0.5, abs=1e-6)  # mean of 0 and 1
+    # uniform prediction, level 0: (0 + 1 + 4 + 9 + 16) / 16 / 5
+    uniform = torch.zeros(1, 5)
+    assert expected_squared_distance(uniform, torch.tensor([0])).item() == pytest.approx(0.375)
+    # a soft target averages the distance over it; unknown samples are skipped
+    soft = torch.tensor([[0.5, 0.5, 0.0, 0.0, 0.0], [math.nan] * 5])
+    expected = 0.5 * 0.375 + 0.5 * (1 + 0 + 1 + 4 + 9) / 16 / 5
+    assert expected_squared_distance(uniform.repeat(2, 1), soft).item() == pytest.approx(expected)
+
+
+def test_ordinal_weight_adds_the_term_and_favours_near_misses():
+    target = torch.tensor([4])
+    near = torch.tensor([[0.0, 0.0, 0.0, 2.0, 0.0]])  # most mass on TR4 for a TR5
+    far = torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.0]])  # the same mass on TR1
+    plain = MultitaskLoss()
+    ordinal = MultitaskLoss(level_ordinal_weight=2.0)
+    for logits in (near, far):
+        added = ordinal({keys.CLS: logits}, {keys.CLS: target})[keys.CLS]
+        base = plain({keys.CLS: logits}, {keys.CLS: target})[keys.CLS]
+        assert added.item() == pytest.approx(
+            base.item() + 2.0 * expected_squared_distance(logits, target).item()
+        )
+    # the cross-entropy cannot tell the two apart; the ordinal term can
+    assert plain({keys.CLS: near}, {keys.CLS: target})[keys.CLS].item() == pytest.approx(
+        plain({keys.CLS: far}, {keys.CLS: target})[keys.CLS].item()
+    )
+    assert (
+        ordinal({keys.CLS: near}, {keys.CLS: target})[keys.CLS]
+        < ordinal({keys.CLS: far}, {keys.CLS: target})[keys.CLS]
+    )
+    with pytest.raises(ValueError, match="level_ordinal_weight"):
+        MultitaskLoss(level_ordinal_weight=-1.0)
+    with pytest.raises(ValueError, match="level_ordinal_weight"):
+        MultitaskLoss(level_ordinal_weight=1.0, level_loss="coral")
