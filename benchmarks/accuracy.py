@@ -121,6 +121,12 @@ METHODS: dict[str, dict[str, Any]] = {
     # The default model with the ordinal term on the level cross-entropy (losses.py), two weights
     "level_ordinal": {"loss#level_ordinal_weight": 1.0},
     "level_ordinal4": {"loss#level_ordinal_weight": 4.0},
+    # The default model reading the rendered 128-pixel image folded into 4 channels at 64x64
+    # (networks/multitask.py, space_to_depth): the encoder's grid of the 64-pixel input, every
+    # rendered pixel at full contrast
+    "level_space_to_depth": {"network_def#space_to_depth": 2, "image_size": [128, 128]},
+    "level_space_to_depth_ordinal": {"network_def#space_to_depth": 2, "image_size": [128, 128],
+                                     "loss#level_ordinal_weight": 1.0},
     # CAME-Grad aggregating the gradients at the encoder's output maps (thyroid_monai.mtl.base)
     "camegrad_representation": {"gradient_method#name": "camegrad",
                                 "gradient_method#aggregate_at": "representation"},
@@ -130,7 +136,7 @@ ABLATIONS = ("rlar_tau0", "rlar_pooled", "rlar_every1", "rlar_first", "level_glo
              "level_nodule", "level_nodule_guided",
              "level_acr_points", "level_both", "level_joint_selection",
              "level_weight2", "level_coral", "level_cumulative_link", "level_ordinal",
-             "level_ordinal4",
+             "level_ordinal4", "level_space_to_depth", "level_space_to_depth_ordinal",
              "camegrad_representation")  # fmt: skip
 DEFAULT_METHODS = tuple(name for name in METHODS if name not in ABLATIONS)
 """The methods the issue compares (``--methods`` picks others)."""

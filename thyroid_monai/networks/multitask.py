@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
@@ -219,6 +220,17 @@ class MultitaskUNet(nn.Module):
             its classes).
         weights_path: Optional local state-dict file to initialise from (nothing is downloaded);
             a file holding ``{"model": state_dict}`` (a training checkpoint) works too.
+        space_to_depth: ``f`` > 1 folds each ``f x f`` block of input pixels into channels
+            (``pixel_unshuffle``) before the encoder and upsamples the mask logits by ``f``
+            (bilinear) after the segmentation head: the encoder and decoder run at ``1/f`` of
+            the input's side, at about the cost of an ``f`` times smaller input, yet see every
+            input pixel at full contrast. A downsampled input averages a sub-millimetre
+            echogenic focus away with its neighbours (measured: the foci and the level's
+            middle levels are what a 64-pixel input misses, ``docs/level.md``); folded, it
+            stays one bright value in one channel. The mask is predicted at the input
+            resolution; the ring of nodule pooling is ``4 f`` input pixels wide (4 cells of the
+            grid the encoder sees, as without folding). The input's sides must be multiples
+            of ``32 f``. The papers are silent; 1 (no folding) is the constructor's default.
 
     Raises:
         ValueError: For an unknown backbone or option, no enabled task, or ``radiomics_slice``
@@ -247,8 +259,12 @@ class MultitaskUNet(nn.Module):
         level_from: LevelFrom = "direct",
         label_grouping: str = "acr5",
         weights_path: str | Path | None = None,
+        space_to_depth: int = 1,
     ):
         super().__init__()
+        if space_to_depth < 1:
+            raise ValueError(f"space_to_depth must be >= 1, got {space_to_depth}")
+        self.space_to_depth = int(space_to_depth)
         _check_options(num_classes=num_classes, seg_classes=seg_classes, backbone=backbone,
                        embedding_dim=embedding_dim, radiomics_dim=radiomics_dim,
                        radiomics_slice=radiomics_slice, level_head=level_head,
@@ -282,15 +298,19 @@ class MultitaskUNet(nn.Module):
             decoder_groups=decoder_groups, level_head=level_head,
             level_pooling=level_pooling, pool_gradient=pool_gradient,
             pooling_scales=None if pooling_scales is None else list(pooling_scales),
+            space_to_depth=self.space_to_depth,
         )  # fmt: skip
         self.unet = _flexible_unet(
-            in_channels, seg_classes, backbone, decoder_channels, decoder_norm, decoder_groups
-        )
+            in_channels * self.space_to_depth**2,
+            seg_classes, backbone, decoder_channels, decoder_norm, decoder_groups,
+        )  # fmt: skip
         encoder_channels = FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"]
         self.nodule_pooling: NodulePooling | None = None
         pooled_features, outline = encoder_channels[-1], 0
         if level_pooling == "nodule":
-            self.nodule_pooling = NodulePooling(encoder_channels, pooling_scales)
+            self.nodule_pooling = NodulePooling(
+                encoder_channels, pooling_scales, ring_pixels=4 * self.space_to_depth
+            )
             pooled_features, outline = self.nodule_pooling.out_features, SHAPE_FEATURES
         self.embedding: nn.Module | None = None
         self.classifier: nn.Module | None = None
@@ -415,7 +435,12 @@ class MultitaskUNet(nn.Module):
         return self.unet.encoder
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder feature maps, shallow to deep (five for ResNets: the stem and four stages)."""
+        """Encoder feature maps, shallow to deep (five for ResNets: the stem and four stages).
+
+        With ``space_to_depth`` > 1 the encoder reads the folded image (see the class).
+        """
+        if self.space_to_depth > 1:
+            image = F.pixel_unshuffle(image, self.space_to_depth)
         return list(self.unet.encoder(image))
 
     def nodule_probability(self, seg_logits: torch.Tensor) -> torch.Tensor:
@@ -433,7 +458,13 @@ class MultitaskUNet(nn.Module):
             outputs[keys.ENCODER_MAPS] = tuple(features)
         if self.seg_classes > 0:
             decoded = self.unet.decoder(list(features), self.unet.skip_connect)
-            outputs[keys.SEG] = self.unet.segmentation_head(decoded)
+            seg = self.unet.segmentation_head(decoded)
+            if self.space_to_depth > 1:
+                seg = F.interpolate(
+                    seg, scale_factor=float(self.space_to_depth), mode="bilinear",
+                    align_corners=False,
+                )  # fmt: skip
+            outputs[keys.SEG] = seg
         if self.embedding is None:
             return outputs
         pooled = latent

@@ -124,3 +124,29 @@ def test_training_checkpoint_file_is_accepted_as_weights(tmp_path):
     loaded = MultitaskUNet(num_classes=2, weights_path=tmp_path / "checkpoint.pt")
     for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_space_to_depth_runs_the_encoder_on_the_folded_grid_and_predicts_at_full_size():
+    torch.manual_seed(0)
+    folded = MultitaskUNet(backbone="resnet10", level_pooling="nodule", space_to_depth=2)
+    plain = MultitaskUNet(backbone="resnet10", level_pooling="nodule")
+    image = torch.rand(2, 1, 128, 64)  # not square: the two sides fold alike
+    out = folded(image)
+    assert out[keys.SEG].shape == (2, 2, 128, 64)  # the mask at the input's resolution
+    assert out[keys.CLS].shape == (2, 5)
+    # the encoder sees the grid of a half-size input, with 4 channels
+    folded_maps = folded.encode(image)
+    plain_maps = plain.encode(torch.rand(2, 1, 64, 32))
+    assert [m.shape for m in folded_maps] == [m.shape for m in plain_maps]
+    assert folded.architecture["space_to_depth"] == 2
+    assert folded.nodule_pooling is not None
+    assert folded.nodule_pooling.ring_pixels == 8
+    # one input pixel is not averaged with its neighbours: moving a bright focus by one pixel
+    # inside a 2x2 block changes what the encoder reads (a 2x downsampled input could not tell)
+    first, second = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    first[..., 10, 10], second[..., 10, 11] = 1.0, 1.0
+    folded.eval()
+    with torch.no_grad():
+        assert not torch.equal(folded.encode(first)[0], folded.encode(second)[0])
+    with pytest.raises(ValueError, match="space_to_depth"):
+        MultitaskUNet(space_to_depth=0)
