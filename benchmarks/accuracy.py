@@ -118,6 +118,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "level_coral": {"network_def#level_head": "coral", "loss#level_loss": "coral"},
     "level_cumulative_link": {"network_def#level_head": "cumulative_link",
                               "loss#level_loss": "coral"},
+    # The default level (direct) with the five descriptor heads trained beside it on the same
+    # embedding: the descriptors as auxiliary supervision, not as the level's route
+    "level_descriptors": {"use_descriptors": True, "tasks#level_from": "direct"},
     # The default model with the ordinal term on the level cross-entropy (losses.py), two weights
     "level_ordinal": {"loss#level_ordinal_weight": 1.0},
     "level_ordinal4": {"loss#level_ordinal_weight": 4.0},
@@ -136,7 +139,8 @@ ABLATIONS = ("rlar_tau0", "rlar_pooled", "rlar_every1", "rlar_first", "level_glo
              "level_nodule", "level_nodule_guided",
              "level_acr_points", "level_both", "level_joint_selection",
              "level_weight2", "level_coral", "level_cumulative_link", "level_ordinal",
-             "level_ordinal4", "level_space_to_depth", "level_space_to_depth_ordinal",
+             "level_ordinal4", "level_descriptors", "level_space_to_depth",
+             "level_space_to_depth_ordinal",
              "camegrad_representation")  # fmt: skip
 DEFAULT_METHODS = tuple(name for name in METHODS if name not in ABLATIONS)
 """The methods the issue compares (``--methods`` picks others)."""
