@@ -67,3 +67,16 @@ def test_traceable_shortcuts_keep_the_outputs_and_trace_generalises(
         other = torch.rand(3, 1, 64, 32)  # not the traced example, nor its shape
         for eager, scripted in zip(export(other), traced(other), strict=True):
             torch.testing.assert_close(scripted, eager)
+
+
+def test_a_folded_network_traces_and_the_trace_follows_the_input_size() -> None:
+    network = MultitaskUNet(num_classes=3, embedding_dim=16, level_pooling="nodule",
+                            space_to_depth=2).eval()  # fmt: skip
+    replace_untraceable_shortcuts(network)
+    export = MaskAndLevel(network).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(export, torch.rand(1, 1, 64, 64))
+        other = torch.rand(2, 1, 128, 64)
+        for eager, scripted in zip(export(other), traced(other), strict=True):
+            torch.testing.assert_close(scripted, eager)
+        assert export(other)[0].shape[-2:] == (128, 64)
