@@ -62,6 +62,13 @@ def known_masks(masks: torch.Tensor) -> torch.Tensor:
     return ~torch.isnan(masks.reshape(masks.shape[0], -1)).any(dim=1)
 
 
+def known_level_targets(target: torch.Tensor) -> torch.Tensor:
+    """Which samples' class targets are known: an index ``>= 0``, or a row without ``NaN``."""
+    if target.is_floating_point() and target.ndim == 2:
+        return ~torch.isnan(target).any(dim=1)
+    return target.long().view(-1) >= 0
+
+
 def soft_or_hard_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -81,11 +88,9 @@ def soft_or_hard_cross_entropy(
     Returns:
         The mean loss over known samples, or an attached zero if none is known.
     """
-    if target.is_floating_point() and target.ndim == 2:
-        known = ~torch.isnan(target).any(dim=1)
-    else:
+    known = known_level_targets(target)
+    if not (target.is_floating_point() and target.ndim == 2):
         target = target.long().view(-1)
-        known = target >= 0
     if not bool(known.any()):
         return _zero_like_output(logits)
     return F.cross_entropy(
@@ -112,10 +117,7 @@ def expected_squared_distance(
         The mean over known samples, or an attached zero if none is known.
     """
     num_classes = log_probabilities.shape[1]
-    if target.is_floating_point() and target.ndim == 2:
-        known = ~torch.isnan(target).any(dim=1)
-    else:
-        known = target.long().view(-1) >= 0
+    known = known_level_targets(target)
     if not bool(known.any()) or num_classes < 2:
         return _zero_like_output(log_probabilities)
     probabilities = torch.softmax(log_probabilities[known], dim=1)
@@ -144,10 +146,7 @@ def coral_loss(
         label_smoothing: Applied to the class distribution before it is made cumulative.
     """
     num_classes = cumulative_logits.shape[1] + 1
-    if target.is_floating_point() and target.ndim == 2:
-        known = ~torch.isnan(target).any(dim=1)
-    else:
-        known = target.long().view(-1) >= 0
+    known = known_level_targets(target)
     if not bool(known.any()):
         return _zero_like_output(cumulative_logits)
     distribution = _as_distribution(target[known], num_classes, label_smoothing)
