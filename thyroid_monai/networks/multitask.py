@@ -122,8 +122,11 @@ def _check_options(
     descriptor_heads: bool,
     level_pooling: str,
     level_from: str,
+    space_to_depth: int,
 ) -> None:
     """Raises ``ValueError`` naming the first invalid :class:`MultitaskUNet` option."""
+    if space_to_depth < 1:
+        raise ValueError(f"space_to_depth must be >= 1, got {space_to_depth}")
     if backbone not in FLEXUNET_BACKBONE.register_dict:
         valid = ", ".join(sorted(FLEXUNET_BACKBONE.register_dict))
         raise ValueError(f"unknown backbone {backbone!r}; available: {valid}")
@@ -145,6 +148,19 @@ def _check_options(
             "model has no mask head (seg_classes 0); use 'global' or 'auto'"
         )
     check_level_route(level_from, level=num_classes > 0, descriptors=descriptor_heads)
+
+
+def _acr_level(level_from: str, num_classes: int, label_grouping: str) -> AcrPointsLevel | None:
+    """The ACR route's points-to-level module, or None for the direct level (or no level)."""
+    if level_from == "direct" or num_classes <= 0:
+        return None
+    acr_level = AcrPointsLevel(label_grouping)
+    if acr_level.num_classes != num_classes:
+        raise ValueError(
+            f"label grouping {label_grouping!r} has {acr_level.num_classes} classes, "
+            f"the level head {num_classes}"
+        )
+    return acr_level
 
 
 def _flexible_unet(
@@ -263,24 +279,15 @@ class MultitaskUNet(nn.Module):
         space_to_depth: int = 1,
     ):
         super().__init__()
-        if space_to_depth < 1:
-            raise ValueError(f"space_to_depth must be >= 1, got {space_to_depth}")
-        self.space_to_depth = int(space_to_depth)
         _check_options(num_classes=num_classes, seg_classes=seg_classes, backbone=backbone,
                        embedding_dim=embedding_dim, radiomics_dim=radiomics_dim,
                        radiomics_slice=radiomics_slice, level_head=level_head,
                        descriptor_heads=descriptor_heads, level_pooling=level_pooling,
-                       level_from=level_from)  # fmt: skip
+                       level_from=level_from, space_to_depth=space_to_depth)  # fmt: skip
         if level_pooling == "auto":
             level_pooling = "nodule" if seg_classes > 0 else "global"
-        self.acr_level: AcrPointsLevel | None = None
-        if level_from != "direct" and num_classes > 0:
-            self.acr_level = AcrPointsLevel(label_grouping)
-            if self.acr_level.num_classes != num_classes:
-                raise ValueError(
-                    f"label grouping {label_grouping!r} has {self.acr_level.num_classes} classes, "
-                    f"the level head {num_classes}"
-                )
+        self.space_to_depth = int(space_to_depth)
+        self.acr_level = _acr_level(level_from, num_classes, label_grouping)
         self.level_from = level_from
         self.level_pooling = level_pooling
         self.pool_gradient = pool_gradient
