@@ -128,8 +128,6 @@ METHODS: dict[str, dict[str, Any]] = {
     # (networks/multitask.py, space_to_depth): the encoder's grid of the 64-pixel input, every
     # rendered pixel at full contrast
     "level_space_to_depth": {"network_def#space_to_depth": 2, "image_size": [128, 128]},
-    "level_space_to_depth_ordinal": {"network_def#space_to_depth": 2, "image_size": [128, 128],
-                                     "loss#level_ordinal_weight": 1.0},
     # CAME-Grad aggregating the gradients at the encoder's output maps (thyroid_monai.mtl.base)
     "camegrad_representation": {"gradient_method#name": "camegrad",
                                 "gradient_method#aggregate_at": "representation"},
@@ -140,7 +138,6 @@ ABLATIONS = ("rlar_tau0", "rlar_pooled", "rlar_every1", "rlar_first", "level_glo
              "level_acr_points", "level_both", "level_joint_selection",
              "level_weight2", "level_coral", "level_cumulative_link", "level_ordinal",
              "level_ordinal4", "level_descriptors", "level_space_to_depth",
-             "level_space_to_depth_ordinal",
              "camegrad_representation")  # fmt: skip
 DEFAULT_METHODS = tuple(name for name in METHODS if name not in ABLATIONS)
 """The methods the issue compares (``--methods`` picks others)."""

@@ -70,7 +70,7 @@ from torch import nn
 from thyroid_monai import descriptor_tasks, keys
 from thyroid_monai.networks.acr_route import AcrPointsLevel
 from thyroid_monai.networks.heads import OrdinalHead, ordinal_log_probabilities
-from thyroid_monai.networks.pooling import SHAPE_FEATURES, NodulePooling
+from thyroid_monai.networks.pooling import RING_PIXELS, SHAPE_FEATURES, NodulePooling
 from thyroid_monai.tasks import LevelFrom, TaskSet, check_level_route
 
 DecoderNorm = Literal["instance", "group", "batch", "none"]
@@ -317,7 +317,7 @@ class MultitaskUNet(nn.Module):
         pooled_features, outline = encoder_channels[-1], 0
         if level_pooling == "nodule":
             self.nodule_pooling = NodulePooling(
-                encoder_channels, pooling_scales, ring_pixels=4 * self.space_to_depth
+                encoder_channels, pooling_scales, ring_pixels=RING_PIXELS * self.space_to_depth
             )
             pooled_features, outline = self.nodule_pooling.out_features, SHAPE_FEATURES
         self.embedding: nn.Module | None = None

@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+RING_PIXELS = 4
+"""Default ring width in input pixels (a sixteenth of the 64-pixel input it was measured at)."""
 SHAPE_FEATURES = 3
 """log area share, log(depth extent / lateral extent), compactness (1 for a disc)."""
 
@@ -125,7 +127,7 @@ class NodulePooling(nn.Module):
         self,
         channels: Sequence[int],
         scales: Sequence[int] | None = None,
-        ring_pixels: int = 4,
+        ring_pixels: int = RING_PIXELS,
         empty_weight: float = 0.01,
         outline_scale: float = 8.0,
     ):
