@@ -50,7 +50,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -747,7 +747,22 @@ def machine_line(device: str, jobs: int, threads: int) -> str:
     return f"{where}, torch {torch.__version__}; {jobs} run(s) at once, {threads} thread(s) each"
 
 
-def main(argv: list[str] | None = None) -> int:
+def chosen_settings(args: argparse.Namespace) -> Settings:
+    """``QUICK`` or ``FULL`` with the command line's overrides (``--fold-count`` sets ``folds``)."""
+    overrides = {
+        "seeds": tuple(args.seeds) if args.seeds is not None else None,
+        "epochs": args.epochs,
+        "images": args.images,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "folds": args.fold_count,
+    }
+    chosen = {name: value for name, value in overrides.items() if value is not None}
+    return replace(QUICK if args.quick else FULL, **chosen)
+
+
+def command_line() -> argparse.ArgumentParser:
+    """The benchmark's command line (``--help`` lists it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the CPU settings (see QUICK)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS),
@@ -759,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, help="override the settings' images")
     parser.add_argument("--image-size", type=int, help="override the settings' image_size")
     parser.add_argument("--batch-size", type=int, help="override the settings' batch_size")
+    parser.add_argument("--fold-count", dest="fold_count", type=int,
+                        help="override the settings' patient folds K: a run trains on K-1 "
+                        "folds of the non-test patients and validates on one")  # fmt: skip
     parser.add_argument("--folds", type=int, nargs="+", help="run only these folds (a probe)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default cores/jobs)")
@@ -767,13 +785,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (accuracy or accuracy_quick)")
     add_mlflow_options(parser)
-    args = parser.parse_args(argv)
-    settings = QUICK if args.quick else FULL
-    for option in ("seeds", "epochs", "images", "image_size", "batch_size"):
-        value = getattr(args, option)
-        if value is not None:
-            settings = Settings(**{**asdict(settings), option: tuple(value)
-                                   if option == "seeds" else value})  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
+    settings = chosen_settings(args)
     name = args.name or ("accuracy_quick" if args.quick else "accuracy")
     work = args.work or Path(__file__).parent / ".work" / name
     command = " ".join(["python benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])

@@ -128,3 +128,23 @@ def test_inference_speed_compares_multitask_with_segmentation_only(benchmarks, t
         assert result["multitask"]["images_per_second"] > 0
         assert result["multitask_to_segmentation_time_ratio"] > 0
     assert report["parameters"]["multitask"] > report["parameters"]["segmentation_only"]
+
+
+def test_fold_count_sets_the_folds_each_run_trains_on(benchmarks, tmp_path):
+    accuracy = benchmarks[0]
+    parse = accuracy.command_line().parse_args
+    settings = accuracy.chosen_settings(
+        parse(["--quick", "--images", "60", "--fold-count", "5", "--seeds", "3"])
+    )
+    assert (settings.folds, settings.images, settings.seeds) == (5, 60, (3,))
+    assert accuracy.chosen_settings(parse(["--quick"])) == accuracy.QUICK
+    # the datalist the benchmark writes holds the K folds; the test patients do not depend on K
+    written = {}
+    for folds in (2, 5):
+        tiny = accuracy.replace(settings, render_size=32, folds=folds)
+        folder = accuracy.dataset(tmp_path / f"k{folds}", "none", tiny, radiomics=False)
+        written[folds] = json.loads((folder / "datalist.json").read_text())
+    assert {item["fold"] for item in written[5]["training"]} == set(range(5))
+    assert {item["fold"] for item in written[2]["training"]} == {0, 1}
+    held_out = [[item["image"] for item in written[k]["testing"]] for k in (2, 5)]
+    assert held_out[0] == held_out[1]
