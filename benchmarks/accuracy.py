@@ -227,7 +227,15 @@ def dataset(root: Path, variability: str, settings: Settings, radiomics: bool) -
             test_fraction=settings.test_fraction,
             progress=False,
         )
-    if radiomics and "radiomics" not in json.loads(datalist.read_text()):
+    written = json.loads(datalist.read_text())
+    # A work folder is reused across invocations: a dataset written for other folds would
+    # silently give other splits (and their runs would be reused as if they were these).
+    if written.get("folds") != settings.folds:
+        raise ValueError(
+            f"{datalist} was written with {written.get('folds')} folds, not {settings.folds}: "
+            "use another --work folder for another --fold-count"
+        )
+    if radiomics and "radiomics" not in written:
         from data_prep.targets import write_radiomics_targets
 
         # Statistics come from the training items (every fold); the test patients stay unseen.

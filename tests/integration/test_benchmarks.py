@@ -140,11 +140,15 @@ def test_fold_count_sets_the_folds_each_run_trains_on(benchmarks, tmp_path):
     assert accuracy.chosen_settings(parse(["--quick"])) == accuracy.QUICK
     # the datalist the benchmark writes holds the K folds; the test patients do not depend on K
     written = {}
+    small_k2 = accuracy.replace(settings, render_size=32, folds=2)
     for folds in (2, 5):
-        tiny = accuracy.replace(settings, render_size=32, folds=folds)
+        tiny = accuracy.replace(small_k2, folds=folds)
         folder = accuracy.dataset(tmp_path / f"k{folds}", "none", tiny, radiomics=False)
         written[folds] = json.loads((folder / "datalist.json").read_text())
     assert {item["fold"] for item in written[5]["training"]} == set(range(5))
     assert {item["fold"] for item in written[2]["training"]} == {0, 1}
     held_out = [[item["image"] for item in written[k]["testing"]] for k in (2, 5)]
     assert held_out[0] == held_out[1]
+    # a work folder's dataset is not silently reused for another K
+    with pytest.raises(ValueError, match="written with 2 folds, not 5"):
+        accuracy.dataset(tmp_path / "k2", "none", accuracy.replace(small_k2, folds=5), False)
