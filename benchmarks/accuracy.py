@@ -228,12 +228,13 @@ def dataset(root: Path, variability: str, settings: Settings, radiomics: bool) -
             progress=False,
         )
     written = json.loads(datalist.read_text())
-    # A work folder is reused across invocations: a dataset written for other folds would
-    # silently give other splits (and their runs would be reused as if they were these).
-    if written.get("folds") != settings.folds:
+    # A work folder is reused across invocations: a dataset written for other settings would
+    # silently give other data (and the runs trained on it would be reused as if they were these).
+    differences = dataset_differences(written, variability, settings)
+    if differences:
         raise ValueError(
-            f"{datalist} was written with {written.get('folds')} folds, not {settings.folds}: "
-            "use another --work folder for another --fold-count"
+            f"{datalist} was written for other settings ({'; '.join(differences)}): "
+            "use another --work folder (or --name) for these"
         )
     if radiomics and "radiomics" not in written:
         from data_prep.targets import write_radiomics_targets
@@ -241,6 +242,26 @@ def dataset(root: Path, variability: str, settings: Settings, radiomics: bool) -
         # Statistics come from the training items (every fold); the test patients stay unseen.
         write_radiomics_targets(datalist, progress=False)
     return folder
+
+
+def dataset_differences(written: dict, variability: str, settings: Settings) -> list[str]:
+    """How a written phantom datalist differs from what ``settings`` would write (empty: same)."""
+    wanted = {
+        "folds": settings.folds,
+        "images": settings.images,
+        # through JSON, as the datalist recorded it (tuples become lists)
+        "phantom": json.loads(json.dumps(phantom_config(variability, settings).to_dict())),
+    }
+    found = {
+        "folds": written.get("folds"),
+        "images": len(written.get("training", [])) + len(written.get("testing", [])),
+        "phantom": written.get("phantom"),
+    }
+    return [
+        f"{key} {found[key]} instead of {wanted[key]}" if key != "phantom" else "another phantom"
+        for key in wanted
+        if found[key] != wanted[key]
+    ]
 
 
 TRUTH_METRICS = {

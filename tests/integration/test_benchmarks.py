@@ -149,6 +149,12 @@ def test_fold_count_sets_the_folds_each_run_trains_on(benchmarks, tmp_path):
     assert {item["fold"] for item in written[2]["training"]} == {0, 1}
     held_out = [[item["image"] for item in written[k]["testing"]] for k in (2, 5)]
     assert held_out[0] == held_out[1]
-    # a work folder's dataset is not silently reused for another K
-    with pytest.raises(ValueError, match="written with 2 folds, not 5"):
+    # a work folder's dataset is not silently reused for other settings
+    with pytest.raises(ValueError, match="folds 2 instead of 5"):
         accuracy.dataset(tmp_path / "k2", "none", accuracy.replace(small_k2, folds=5), False)
+    bigger = accuracy.replace(small_k2, images=90, render_size=48)
+    with pytest.raises(ValueError, match="images 60 instead of 90; another phantom"):
+        accuracy.dataset(tmp_path / "k2", "none", bigger, False)
+    assert (
+        accuracy.dataset(tmp_path / "k2", "none", small_k2, False) == tmp_path / "k2" / "data_none"
+    )
