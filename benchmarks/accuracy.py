@@ -17,7 +17,10 @@ Methods (name -> what changes from ``train.yaml``):
   multitask model (``gradient_method#name``).
 
 Every (variability, method, seed, fold) run writes its scores to ``<work>/runs/.../scores.json``
-and is skipped when that file exists, so an interrupted benchmark resumes where it stopped.
+and is skipped when that file exists, so an interrupted benchmark resumes where it stopped. A
+finished run is reused only if the config it recorded (``configs/train.json``) has the overrides
+this invocation would train it with; a work folder whose runs or dataset were made with other
+settings is refused with the runs and what differs.
 
 Outputs in ``benchmarks/results/`` (``accuracy_quick*`` with ``--quick``): per-run CSV, summary
 CSV and Markdown (mean and standard deviation per variability and method; paired comparisons per
@@ -488,12 +491,25 @@ def run_all(
     ]
     pending: list[tuple[str, str, int, int, Path]] = []
     records: list[RunScores] = []
+    trained_otherwise: list[str] = []
     for variability, method, seed, fold in every_run:
-        saved = run_folder(work, variability, method, seed, fold) / "scores.json"
-        if saved.is_file():
-            records.append(RunScores(**json.loads(saved.read_text())))
+        run_dir = run_folder(work, variability, method, seed, fold)
+        if (run_dir / "scores.json").is_file():
+            overrides = run_overrides(method, settings, seed, fold, device)
+            differences = run_differences(run_dir, overrides)
+            if differences:
+                trained_otherwise.append(f"{run_dir}: {'; '.join(differences)}")
+            records.append(RunScores(**json.loads((run_dir / "scores.json").read_text())))
         else:
             pending.append((variability, method, seed, fold, data_dirs[variability]))
+    # A finished run is reused, not trained again: one trained with other settings (another
+    # --epochs, --image-size, method options...) would enter the table as if it had these.
+    if trained_otherwise:
+        raise ValueError(
+            f"{len(trained_otherwise)} finished run(s) in {work} were trained with other "
+            "settings; use another --work folder (or --name) for these:\n"
+            + "\n".join(trained_otherwise[:10])
+        )
     total = len(records) + len(pending)
     arguments = [
         (work, settings, variability, method, seed, fold, data_dir, device, threads)
@@ -527,6 +543,35 @@ def run_all(
             pool.shutdown(cancel_futures=True)
     position = {run: index for index, run in enumerate(every_run)}
     return sorted(records, key=lambda r: position[(r.variability, r.method, r.seed, r.fold)])
+
+
+UNSCORED_OVERRIDES = frozenset({"log_iterations", "log_epochs"})
+"""Overrides that do not change what a run learns (only what it logs)."""
+
+
+def run_differences(run_dir: Path, overrides: Mapping[str, Any]) -> list[str]:
+    """How a finished run's recorded config differs from ``overrides`` (empty: the same).
+
+    Every training records its config with the overrides applied (``configs/train.json``); a
+    run without it predates that record and cannot be checked, which counts as a difference.
+    """
+    recorded_path = run_dir / "configs" / "train.json"
+    if not recorded_path.is_file():
+        return [f"no recorded config ({recorded_path.name})"]
+    recorded = json.loads(recorded_path.read_text())
+    missing = object()
+    differences = []
+    for key, wanted in overrides.items():
+        if key in UNSCORED_OVERRIDES:
+            continue
+        found: Any = recorded
+        for part in key.replace("#", "::").split("::"):  # MONAI's id separators
+            found = found.get(part, missing) if isinstance(found, dict) else missing
+        # through JSON, as the config was recorded (tuples become lists)
+        if found != json.loads(json.dumps(wanted)):
+            shown = "not set" if found is missing else json.dumps(found)
+            differences.append(f"{key} {shown} instead of {json.dumps(wanted)}")
+    return differences
 
 
 def run_folder(work: Path, variability: str, method: str, seed: int, fold: int) -> Path:

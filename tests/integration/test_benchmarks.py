@@ -76,10 +76,17 @@ def test_accuracy_trains_through_the_bundle_and_pairs_rlar_with_sum(benchmarks, 
     scores = tmp_path / "work" / "runs" / "strong" / "sum" / "seed0_fold0" / "scores.json"
     before = scores.stat().st_mtime_ns
     accuracy.main(["--quick", "--methods", "sum", "rlar", "--variability", "strong", "--seeds",
-                   "0", "--epochs", "2", "--images", "30", "--work", str(tmp_path / "work"),
+                   "0", "--epochs", "3", "--images", "30", "--work", str(tmp_path / "work"),
                    "--out", str(out), "--name", "toy"])  # fmt: skip
     assert scores.stat().st_mtime_ns == before
     assert len(client.search_runs([experiment])) == 4  # nor logging them again
+    # ...but not runs trained with other settings: they would enter the table as these.
+    with pytest.raises(ValueError, match=r"seed0_fold0: max_epochs 3 instead of 2") as refused:
+        accuracy.main(["--quick", "--methods", "sum", "--variability", "strong", "--seeds", "0",
+                       "--epochs", "2", "--images", "30", "--work", str(tmp_path / "work"),
+                       "--out", str(out), "--name", "toy"])  # fmt: skip
+    assert "2 finished run(s)" in str(refused.value)  # both folds, named
+    assert scores.stat().st_mtime_ns == before
 
 
 def test_level_only_runs_have_no_mask_scores(benchmarks):
@@ -158,3 +165,25 @@ def test_fold_count_sets_the_folds_each_run_trains_on(benchmarks, tmp_path):
     assert (
         accuracy.dataset(tmp_path / "k2", "none", small_k2, False) == tmp_path / "k2" / "data_none"
     )
+
+
+def test_a_finished_run_is_checked_against_the_overrides_it_would_train_with(benchmarks, tmp_path):
+    accuracy = benchmarks[0]
+    run_dir = tmp_path / "seed0_fold0"
+    assert accuracy.run_differences(run_dir, {"max_epochs": 12}) == [
+        "no recorded config (train.json)"
+    ]
+    (run_dir / "configs").mkdir(parents=True)
+    recorded = {"max_epochs": 12, "image_size": [64, 64], "rlar": {"warmup_epochs": 1},
+                "gradient_method": {"name": "sum"}, "log_epochs": True}  # fmt: skip
+    (run_dir / "configs" / "train.json").write_text(json.dumps(recorded))
+    same = {"max_epochs": 12, "image_size": (64, 64), "rlar#warmup_epochs": 1,
+            "gradient_method::name": "sum", "log_epochs": False}  # fmt: skip
+    assert accuracy.run_differences(run_dir, same) == []  # logging does not count
+    other = {**same, "rlar#warmup_epochs": 5, "gradient_method#name": "camegrad",
+             "tasks#level_from": "both"}  # fmt: skip
+    assert accuracy.run_differences(run_dir, other) == [
+        "rlar#warmup_epochs 1 instead of 5",
+        'gradient_method#name "sum" instead of "camegrad"',
+        'tasks#level_from not set instead of "both"',
+    ]
