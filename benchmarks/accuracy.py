@@ -37,7 +37,7 @@ MLflow's compare view then sets RLAR against the sum run by run. The store is
 ``<work>/mlruns.db`` unless ``--mlflow-uri`` names another (a team server); ``--no-mlflow`` logs
 nothing. A run already in the experiment is not logged twice.
 
-    python benchmarks/accuracy.py --quick --jobs 2  # the CPU settings (under 1 hour on 2 cores)
+    python benchmarks/accuracy.py --quick --jobs 2  # the CPU settings (about 1 hour on 2 cores)
     python benchmarks/accuracy.py --device cuda  # the full settings, for a GPU
     python benchmarks/accuracy.py --quick --methods sum rlar --variability strong
 """
@@ -148,7 +148,7 @@ DEFAULT_METHODS = tuple(name for name in METHODS if name not in ABLATIONS)
 
 @dataclass(frozen=True)
 class Settings:
-    """One benchmark's scale. ``QUICK`` fits a 2-core CPU in under an hour; ``FULL`` is for a GPU.
+    """One benchmark's scale. ``QUICK`` fits a 2-core CPU in about an hour; ``FULL`` is for a GPU.
 
     Attributes:
         images: Phantom images per variability (3 views per patient).
@@ -160,6 +160,9 @@ class Settings:
         backbone: FlexibleUNet encoder.
         batch_size: Training batch size.
         rlar_warmup_epochs: RLAR's warm-up (papers.md: 5 of 100 epochs; scaled for short runs).
+        test_fraction: Share of the patients held out for the test.
+        readers: Phantom readers whose consensus trains the runs.
+        variabilities: Reader-variability presets, a phantom dataset each.
     """
 
     images: int
@@ -173,14 +176,18 @@ class Settings:
     rlar_warmup_epochs: int
     test_fraction: float = 0.2
     readers: int = 3
+    variabilities: tuple[str, ...] = VARIABILITIES
 
 
 QUICK = Settings(
-    images=1200, render_size=128, image_size=64, epochs=12, folds=2, seeds=(0, 1, 2),
-    backbone="resnet10", batch_size=8, rlar_warmup_epochs=1,
+    images=1200, render_size=128, image_size=64, epochs=12, folds=2, seeds=(0,),
+    backbone="resnet10", batch_size=8, rlar_warmup_epochs=1, variabilities=("none", "strong"),
 )  # fmt: skip
 """240 images and 6 epochs (the settings before the level pathway) left every method's level
-at chance; 1200 images and 12 epochs learn it (docs/level.md), at about 5 minutes a run."""
+at chance; 1200 images and 12 epochs learn it (docs/level.md), at 3-4 minutes a run on one
+thread. The whole table (10 methods x 2 variabilities x 2 folds, one seed) is then about an hour
+on 2 cores; ``--seeds 0 1 2`` and ``--variability none moderate strong`` give the spread and
+the middle preset (three times the runs)."""
 FULL = Settings(
     images=900, render_size=256, image_size=256, epochs=60, folds=5, seeds=(0, 1, 2),
     backbone="resnet18", batch_size=16, rlar_warmup_epochs=5,
@@ -830,6 +837,7 @@ def chosen_settings(args: argparse.Namespace) -> Settings:
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "folds": args.fold_count,
+        "variabilities": tuple(args.variability) if args.variability is not None else None,
     }
     chosen = {name: value for name, value in overrides.items() if value is not None}
     return replace(QUICK if args.quick else FULL, **chosen)
@@ -842,7 +850,7 @@ def command_line() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS),
                         default=list(DEFAULT_METHODS))  # fmt: skip
     parser.add_argument("--variability", nargs="+", choices=VARIABILITIES,
-                        default=list(VARIABILITIES))  # fmt: skip
+                        help="reader variability presets (default: the settings')")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", help="override the settings' seeds")
     parser.add_argument("--epochs", type=int, help="override the settings' epochs")
     parser.add_argument("--images", type=int, help="override the settings' images")
@@ -871,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
     started, started_at = time.perf_counter(), time.time()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     tracker = benchmark_tracker(args, work, name)
-    records = run_all(work, settings, args.methods, args.variability, args.device,
+    records = run_all(work, settings, args.methods, settings.variabilities, args.device,
                       jobs=args.jobs, threads=threads, folds=args.folds,
                       tracker=tracker)  # fmt: skip
     summary, paired = summarise(records), paired_comparison(records)

@@ -145,6 +145,10 @@ def test_fold_count_sets_the_folds_each_run_trains_on(benchmarks, tmp_path):
     )
     assert (settings.folds, settings.images, settings.seeds) == (5, 60, (3,))
     assert accuracy.chosen_settings(parse(["--quick"])) == accuracy.QUICK
+    # the quick table: both ends of reader variability; the middle preset on request
+    assert accuracy.QUICK.variabilities == ("none", "strong")
+    chosen = accuracy.chosen_settings(parse(["--quick", "--variability", "moderate"]))
+    assert chosen.variabilities == ("moderate",)
     # the datalist the benchmark writes holds the K folds; the test patients do not depend on K
     written = {}
     small_k2 = accuracy.replace(settings, render_size=32, folds=2)
