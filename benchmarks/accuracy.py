@@ -741,7 +741,8 @@ def markdown(
         "## Paired comparisons (challenger minus reference, same seed and fold)",
         "",
         "Wins count pairs where the challenger is better (higher, or lower for HD95). The "
-        "Wilcoxon signed-rank p-value is two-sided; with 6 pairs it cannot go below 0.03.",
+        "Wilcoxon signed-rank p-value is two-sided; with n pairs it cannot go below 2^(1-n) "
+        "(0.5 with 2 pairs, 0.125 with 4, 0.031 with 6).",
         "",
         "| challenger - reference | variability | metric | pairs | mean difference | sd "
         "| wins / ties / losses | p |",
