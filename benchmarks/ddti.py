@@ -41,6 +41,7 @@ from accuracy import (
     RESULTS,
     add_mlflow_options,
     benchmark_tracker,
+    run_differences,
     write_csv,
 )
 
@@ -110,6 +111,20 @@ def prepare(ddti: Path, work: Path, recipe: Recipe, radiomics: bool) -> Path:
     if radiomics and "radiomics" not in json.loads(datalist.read_text()):
         thyroid_monai_command("prep", "targets", "--datalist", str(datalist), "--no-progress")
     return data
+
+
+def refuse_if_trained_otherwise(run_dir: Path, overrides: Mapping[str, Any]) -> None:
+    """Refuses a finished run whose recorded config lacks ``overrides`` (it is reused otherwise).
+
+    Raises:
+        ValueError: Naming the run folder and what differs (another ``--epochs``, ...).
+    """
+    differences = run_differences(run_dir, overrides)
+    if differences:
+        raise ValueError(
+            f"{run_dir} was trained with other settings ({'; '.join(differences)}): use another "
+            "--work folder (or --name) for these"
+        )
 
 
 def bundle_overrides(method: str, recipe: Recipe, seed: int, fold: int, device: str) -> dict:
@@ -223,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = work / "runs" / method / f"seed{seed}_fold{fold}"
                 saved = run_dir / "scores.json"
                 overrides = bundle_overrides(method, recipe, seed, fold, args.device)
-                if not saved.is_file():
+                if saved.is_file():
+                    refuse_if_trained_otherwise(run_dir, overrides)
+                else:
                     scores, tags = run_method(data, run_dir, overrides)
                     saved.write_text(json.dumps({**scores, "tags": tags}) + "\n")
                 scores = json.loads(saved.read_text())
