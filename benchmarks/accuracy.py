@@ -498,25 +498,15 @@ def run_all(
     ]
     pending: list[tuple[str, str, int, int, Path]] = []
     records: list[RunScores] = []
-    trained_otherwise: list[str] = []
+    reused: list[tuple[Path, dict]] = []
     for variability, method, seed, fold in every_run:
         run_dir = run_folder(work, variability, method, seed, fold)
         if (run_dir / "scores.json").is_file():
-            overrides = run_overrides(method, settings, seed, fold, device)
-            differences = run_differences(run_dir, overrides)
-            if differences:
-                trained_otherwise.append(f"{run_dir}: {'; '.join(differences)}")
+            reused.append((run_dir, run_overrides(method, settings, seed, fold, device)))
             records.append(RunScores(**json.loads((run_dir / "scores.json").read_text())))
         else:
             pending.append((variability, method, seed, fold, data_dirs[variability]))
-    # A finished run is reused, not trained again: one trained with other settings (another
-    # --epochs, --image-size, method options...) would enter the table as if it had these.
-    if trained_otherwise:
-        raise ValueError(
-            f"{len(trained_otherwise)} finished run(s) in {work} were trained with other "
-            "settings; use another --work folder (or --name) for these:\n"
-            + "\n".join(trained_otherwise[:10])
-        )
+    refuse_runs_trained_otherwise(reused, work)
     total = len(records) + len(pending)
     arguments = [
         (work, settings, variability, method, seed, fold, data_dir, device, threads)
@@ -579,6 +569,34 @@ def run_differences(run_dir: Path, overrides: Mapping[str, Any]) -> list[str]:
             shown = "not set" if found is missing else json.dumps(found)
             differences.append(f"{key} {shown} instead of {json.dumps(wanted)}")
     return differences
+
+
+def refuse_runs_trained_otherwise(
+    finished: Iterable[tuple[Path, Mapping[str, Any]]], work: Path
+) -> None:
+    """Checks finished runs, before anything trains, against the overrides they would get now.
+
+    A finished run is reused, not trained again: one trained with other settings (another
+    ``--epochs``, ``--image-size``, method options...) would enter the table as if it had these.
+
+    Args:
+        finished: Each finished run's folder and the overrides this invocation would train it with.
+        work: The work folder (for the message).
+
+    Raises:
+        ValueError: Naming the runs (the first 10) and what differs in each.
+    """
+    trained_otherwise = [
+        f"{run_dir}: {'; '.join(differences)}"
+        for run_dir, overrides in finished
+        if (differences := run_differences(run_dir, overrides))
+    ]
+    if trained_otherwise:
+        raise ValueError(
+            f"{len(trained_otherwise)} finished run(s) in {work} were trained with other "
+            "settings; use another --work folder (or --name) for these:\n"
+            + "\n".join(trained_otherwise[:10])
+        )
 
 
 def run_folder(work: Path, variability: str, method: str, seed: int, fold: int) -> Path:

@@ -41,7 +41,7 @@ from accuracy import (
     RESULTS,
     add_mlflow_options,
     benchmark_tracker,
-    run_differences,
+    refuse_runs_trained_otherwise,
     write_csv,
 )
 
@@ -111,20 +111,6 @@ def prepare(ddti: Path, work: Path, recipe: Recipe, radiomics: bool) -> Path:
     if radiomics and "radiomics" not in json.loads(datalist.read_text()):
         thyroid_monai_command("prep", "targets", "--datalist", str(datalist), "--no-progress")
     return data
-
-
-def refuse_if_trained_otherwise(run_dir: Path, overrides: Mapping[str, Any]) -> None:
-    """Refuses a finished run whose recorded config lacks ``overrides`` (it is reused otherwise).
-
-    Raises:
-        ValueError: Naming the run folder and what differs (another ``--epochs``, ...).
-    """
-    differences = run_differences(run_dir, overrides)
-    if differences:
-        raise ValueError(
-            f"{run_dir} was trained with other settings ({'; '.join(differences)}): use another "
-            "--work folder (or --name) for these"
-        )
 
 
 def bundle_overrides(method: str, recipe: Recipe, seed: int, fold: int, device: str) -> dict:
@@ -232,28 +218,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     tracker = benchmark_tracker(args, work, name)
     started, records = time.perf_counter(), []
-    for seed in recipe.seeds:
-        for fold in range(recipe.folds):
-            for method in args.methods:
-                run_dir = work / "runs" / method / f"seed{seed}_fold{fold}"
-                saved = run_dir / "scores.json"
-                overrides = bundle_overrides(method, recipe, seed, fold, args.device)
-                if saved.is_file():
-                    refuse_if_trained_otherwise(run_dir, overrides)
-                else:
-                    scores, tags = run_method(data, run_dir, overrides)
-                    saved.write_text(json.dumps({**scores, "tags": tags}) + "\n")
-                scores = json.loads(saved.read_text())
-                tags = scores.pop("tags", {})  # runs saved before the tags were kept have none
-                records.append({"method": method, "seed": seed, "fold": fold, **scores})
-                if tracker is not None:
-                    tracker.log_run(
-                        f"{method}/seed{seed}/fold{fold}", method=method, training_tags=tags,
-                        tags={"seed": str(seed)}, test_scores=scores, metrics={},
-                        description=f"{name}: {method} on DDTI, seed {seed}, fold {fold}; scores "
-                        "on the held-out test patients against the DDTI readers",
-                        params=overrides, datalist=data / "datalist.json", fold=fold,
-                    )  # fmt: skip
+    runs = [(method, seed, fold, work / "runs" / method / f"seed{seed}_fold{fold}",
+             bundle_overrides(method, recipe, seed, fold, args.device))
+            for seed in recipe.seeds for fold in range(recipe.folds)
+            for method in args.methods]  # fmt: skip
+    refuse_runs_trained_otherwise(
+        [(run_dir, o) for *_, run_dir, o in runs if (run_dir / "scores.json").is_file()], work
+    )
+    for method, seed, fold, run_dir, overrides in runs:
+        saved = run_dir / "scores.json"
+        if not saved.is_file():
+            scores, tags = run_method(data, run_dir, overrides)
+            saved.write_text(json.dumps({**scores, "tags": tags}) + "\n")
+        scores = json.loads(saved.read_text())
+        tags = scores.pop("tags", {})  # runs saved before the tags were kept have none
+        records.append({"method": method, "seed": seed, "fold": fold, **scores})
+        if tracker is not None:
+            tracker.log_run(
+                f"{method}/seed{seed}/fold{fold}", method=method, training_tags=tags,
+                tags={"seed": str(seed)}, test_scores=scores, metrics={},
+                description=f"{name}: {method} on DDTI, seed {seed}, fold {fold}; scores "
+                "on the held-out test patients against the DDTI readers",
+                params=overrides, datalist=data / "datalist.json", fold=fold,
+            )  # fmt: skip
     rows = summary_rows(records)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / f"{name}_runs.csv", records, command)
